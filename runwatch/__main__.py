@@ -1,0 +1,3 @@
+from runwatch.cli import main
+
+raise SystemExit(main())
