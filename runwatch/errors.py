@@ -71,7 +71,9 @@ class ViRateLimitedError(ViError):
 
 
 class ViServerError(ViError):
-    pass
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after  # a 503 may say when to come back, like a 429
+        super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 class ViTransportError(ViError):

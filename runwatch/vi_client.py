@@ -1,0 +1,409 @@
+"""The Vi Runs API over HTTP: list pages of runs, get one run.
+
+Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`), and
+each call goes through the `RetryPolicy`, which retries only what is not `.permanent`:
+
+    transport error, dropped connection   -> ViTransportError     retried
+    timeout (httpx's, or the attempt cap) -> ViTransportError     retried
+    200 whose body is not JSON / the shape -> ViBadResponseError  retried
+    429                                   -> ViRateLimitedError   retried, Retry-After honoured
+    5xx                                   -> ViServerError        retried (503 Retry-After too)
+    401 / 403                             -> ViAuthError          permanent
+    404                                   -> ViNotFoundError      permanent
+    other 3xx / 4xx                       -> ViError              permanent
+
+The secret key lives only in the `Authorization` header of the httpx client (whose repr
+masks it), never in a URL, a log event or an error message; server text quoted in an error
+is scrubbed of it too, in case a proxy echoes the request back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Literal
+from urllib.parse import quote
+
+import httpx
+
+from runwatch import __version__
+from runwatch.decode import Page, decode_page, decode_run
+from runwatch.errors import (
+    ViAuthError,
+    ViBadResponseError,
+    ViError,
+    ViNotFoundError,
+    ViRateLimitedError,
+    ViServerError,
+    ViTransportError,
+)
+from runwatch.model import Run
+from runwatch.retry import RetryPolicy, parse_retry_after
+
+Endpoint = Literal["list", "get"]
+
+# httpx's timeouts bound each socket operation, so a server that drips one byte at a time
+# never trips them; the whole attempt is bounded too, at this multiple of the timeout.
+_ATTEMPT_DEADLINE_FACTOR = 3.0
+_MAX_QUOTED = 300  # characters of server text quoted in an error message
+_MESSAGE_KEYS = ("message", "error_description", "detail", "error")
+
+
+def _header_safe(value: str) -> bool:
+    # Visible ASCII only: anything else would make httpx raise an error that quotes the
+    # header value, i.e. the secret key.
+    return bool(value) and all(33 <= ord(c) <= 126 for c in value)
+
+
+def _display_url(endpoint: str) -> str:
+    """The endpoint without any user:password part, for messages."""
+    url = httpx.URL(endpoint)
+    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+class ViClient:
+    """An async client for one organization's runs; `requests_made` counts HTTP attempts."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        organization_id: str,
+        secret_key: str,
+        timeout: float = 20.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: bool | str = True,
+        max_connections: int = 10,
+        on_request: Callable[[str, str, float], None] | None = None,
+        max_requests_per_second: float | None = None,
+    ) -> None:
+        url = httpx.URL(endpoint)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"endpoint must be an http(s) URL, not {_display_url(endpoint)!r}")
+        if not _header_safe(organization_id):
+            raise ValueError(f"organization_id {organization_id!r} is empty or has spaces")
+        if not _header_safe(secret_key):
+            raise ValueError("secret_key is empty or has characters not allowed in a header")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_requests_per_second is not None and max_requests_per_second <= 0:
+            raise ValueError("max_requests_per_second must be positive")
+
+        self.organization_id = organization_id
+        self.endpoint = _display_url(endpoint)
+        self.requests_made = 0
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._on_request = on_request
+        self._secret_key = secret_key  # kept only to scrub it from quoted server text
+        self._pace = _Pace(max_requests_per_second) if max_requests_per_second else None
+        base = endpoint.rstrip("/")
+        self._runs_url = f"{base}/workspaces/{quote(organization_id, safe='')}/runs"
+        ssl_verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self._http = httpx.AsyncClient(
+            headers={
+                "Authorization": f"Bearer {secret_key}",
+                "Organization-Id": organization_id,
+                "Accept": "application/json",
+                "User-Agent": f"runwatch/{__version__}",
+            },
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+            verify=ssl_verify,
+            follow_redirects=False,  # a redirect to another host would drop or leak the key
+        )
+
+    def __repr__(self) -> str:
+        # getattr: a traceback of an __init__ that raised shows this too
+        endpoint = getattr(self, "endpoint", None)
+        org = getattr(self, "organization_id", None)
+        return f"ViClient(endpoint={endpoint!r}, organization_id={org!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ViClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- the API -------------------------------------------------------------------------
+
+    async def list_page(self, page_token: str | None, page_size: int) -> Page:
+        """One page of the listing, newest runs first; `page_token` None is page 1."""
+        if not 1 <= page_size <= 1000:
+            raise ValueError(f"page_size must be 1..1000, not {page_size}")
+        params: dict[str, str] = {"s": str(page_size)}
+        if page_token is not None:
+            params["p"] = page_token
+        what = f"listing the runs of organization {self.organization_id}"
+
+        async def attempt() -> Page:
+            body = await self._fetch("list", self._runs_url, params, {}, what=what)
+            return decode_page(body, organization_id=self.organization_id)
+
+        return await self._retry.call(attempt, what=f"list {self.organization_id}")
+
+    async def list_runs(self, page_size: int, *, max_pages: int = 10_000) -> AsyncIterator[Page]:
+        """Every page from page 1. Raises rather than end early: a repeated page token or a
+        listing longer than `max_pages` is a ViBadResponseError, never an endless loop, and
+        any exception means the listing as a whole failed (the pages before it are partial).
+        """
+        seen: set[str] = set()
+        token: str | None = None
+        pages = 0
+        while True:
+            page = await self.list_page(token, page_size)
+            pages += 1
+            yield page
+            if page.next_page is None:
+                return
+            if page.next_page in seen:
+                raise ViBadResponseError(
+                    f"the Vi API handed back page token {page.next_page[:60]!r} a second time "
+                    f"while listing the runs of organization {self.organization_id} (after "
+                    f"{pages} pages); runwatch stops rather than loop, and tries again next poll"
+                )
+            if pages >= max_pages:
+                raise ViBadResponseError(
+                    f"the run listing of organization {self.organization_id} goes on past "
+                    f"{max_pages} pages; raise poll.max_pages or poll.page_size if it is "
+                    f"really that long"
+                )
+            seen.add(page.next_page)
+            token = page.next_page
+
+    async def get_run(self, run_id: str, *, etag: str | None = None) -> Run | None:
+        """One run; None when `etag` is given and the run has not changed (304)."""
+        if not run_id:
+            raise ValueError("run_id must not be empty")
+        url = f"{self._runs_url}/{quote(run_id, safe='')}"
+        headers = {"If-None-Match": _entity_tag(etag)} if etag else {}
+        what = f"getting run {run_id} of organization {self.organization_id}"
+
+        async def attempt() -> Run | None:
+            body = await self._fetch("get", url, {}, headers, what=what, run_id=run_id)
+            if body is None:
+                return None
+            run = decode_run(body, organization_id=self.organization_id)
+            if run.run_id != run_id:
+                raise ViBadResponseError(
+                    f"the Vi API answered {what} with run {run.run_id} instead"
+                )
+            return run
+
+        return await self._retry.call(attempt, what=f"get {self.organization_id}/{run_id}")
+
+    # --- one HTTP attempt ------------------------------------------------------------------
+
+    async def _fetch(
+        self,
+        kind: Endpoint,
+        url: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        *,
+        what: str,
+        run_id: str | None = None,
+    ) -> object:
+        """GET once and return the parsed JSON body (None for a 304), or raise a ViError."""
+        if self._pace is not None:
+            wait = self._pace.reserve(time.monotonic())
+            if wait > 0:
+                await self._retry.sleep(wait)
+        self.requests_made += 1
+        outcome = "transport"
+        started = time.monotonic()
+        try:
+            response = await asyncio.wait_for(
+                self._http.get(url, params=params, headers=headers),
+                self._timeout * _ATTEMPT_DEADLINE_FACTOR,
+            )
+            outcome = str(response.status_code)
+        except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
+            outcome = "timeout"
+            limit = self._timeout
+            if not isinstance(exc, httpx.TimeoutException):  # the whole-attempt deadline
+                limit *= _ATTEMPT_DEADLINE_FACTOR
+            raise self._error(
+                ViTransportError,
+                f"timed out after {limit:g}s {what} at {self.endpoint}; the API is slow "
+                f"or unreachable (poll.request_timeout sets the limit)",
+            ) from exc
+        except httpx.DecodingError as exc:
+            raise self._error(
+                ViBadResponseError, f"the Vi API sent an undecodable body {what}: {exc}"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise self._error(
+                ViTransportError,
+                f"lost the connection to the Vi API at {self.endpoint} {what} "
+                f"({type(exc).__name__}: {exc}); check the endpoint and the network",
+            ) from exc
+        finally:
+            if self._on_request is not None:
+                self._on_request(kind, outcome, time.monotonic() - started)
+
+        status = response.status_code
+        if status == 200:
+            try:
+                return json.loads(response.content)
+            except (ValueError, RecursionError) as exc:
+                raise self._error(
+                    ViBadResponseError,
+                    f"the Vi API answered {what} with a body that is not JSON "
+                    f"({len(response.content)} bytes of "
+                    f"{response.headers.get('content-type', 'no content type')}); "
+                    f"a proxy in the way, or a truncated response",
+                    status_code=status,
+                    trace_id=_trace_id(response),
+                ) from exc
+        if status == 304 and kind == "get" and "If-None-Match" in headers:
+            return None
+        raise self._status_error(response, what=what, run_id=run_id)
+
+    def _status_error(self, response: httpx.Response, *, what: str, run_id: str | None) -> ViError:
+        status = response.status_code
+        org = self.organization_id
+        detail = _detail(response)
+        trace = _trace_id(response)
+        kw: dict[str, object] = {"status_code": status, "trace_id": trace}
+        if status in (401, 403):
+            return self._error(
+                ViAuthError,
+                f"the Vi API rejected the secret key for organization {org} ({status}); "
+                f"check secret_key / secret_key_file{detail}",
+                **kw,
+            )
+        if status == 404:
+            if run_id is not None:
+                message = f"run {run_id} does not exist in organization {org} (404){detail}"
+            else:
+                message = (
+                    f"the Vi API at {self.endpoint} does not know organization {org} (404); "
+                    f"check organization_id and endpoint{detail}"
+                )
+            return self._error(ViNotFoundError, message, **kw)
+        if status == 429:
+            wait = parse_retry_after(response.headers.get("retry-after"), now=self._retry.clock())
+            after = f", Retry-After {wait:g}s" if wait is not None else ""
+            return self._error(
+                ViRateLimitedError,
+                f"the Vi API rate-limited runwatch {what} (429{after}){detail}; "
+                f"poll less often (poll.interval) or cap poll.max_requests_per_second",
+                retry_after=wait,
+                **kw,
+            )
+        if 500 <= status <= 599:
+            wait = None
+            if status == 503:
+                wait = parse_retry_after(
+                    response.headers.get("retry-after"), now=self._retry.clock()
+                )
+            return self._error(
+                ViServerError,
+                f"the Vi API failed {what} with HTTP {status}{detail}; a fault on the API "
+                f"side, usually brief",
+                retry_after=wait,
+                **kw,
+            )
+        if 300 <= status <= 499:
+            where = response.headers.get("location")
+            hint = (
+                f"; it redirects to {_display_url(where)} — set endpoint to the final URL"
+                if where and 300 <= status <= 399
+                else "; is the endpoint really the Vi API?"
+            )
+            error = self._error(
+                ViError, f"the Vi API refused {what} with HTTP {status}{detail}{hint}", **kw
+            )
+            error.permanent = True  # the same request will be refused again
+            return error
+        return self._error(
+            ViBadResponseError,
+            f"the Vi API answered {what} with an unexpected HTTP {status}{detail}",
+            **kw,
+        )
+
+    def _error(self, cls: type[ViError], message: str, **kw: object) -> ViError:
+        return cls(message.replace(self._secret_key, "[redacted]"), **kw)  # type: ignore[arg-type]
+
+
+class _Pace:
+    """At most `rate` requests a second, in bursts of up to `rate` (a token bucket, kept as
+    the time the next token is due, GCRA-style). Each request reserves its slot before it
+    waits, so concurrent GETs queue up in order instead of all waking at once."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._slack = (max(1.0, rate) - 1.0) * self._interval  # how far ahead a burst may go
+        self._due = 0.0
+
+    def reserve(self, now: float) -> float:
+        """Seconds to wait before sending a request at `now`."""
+        due = max(self._due, now)
+        self._due = due + self._interval
+        return max(0.0, due - self._slack - now)
+
+
+def _entity_tag(etag: str) -> str:
+    # Run documents carry the bare tag; HTTP wants it quoted (or weak, W/"...") to compare.
+    if etag.startswith('"') or etag.startswith('W/"'):
+        return etag
+    return f'"{etag}"'
+
+
+def _trace_id(response: httpx.Response) -> str | None:
+    # Google's header is "TRACE_ID/SPAN_ID;o=1"; the trace id is what support asks for.
+    value = response.headers.get("x-cloud-trace-context")
+    if not value:
+        return None
+    return value.split("/", 1)[0].split(";", 1)[0].strip() or None
+
+
+def _server_message(response: httpx.Response) -> str | None:
+    try:
+        body = json.loads(response.content)
+    except (ValueError, RecursionError):
+        text = response.text.strip() if response.content else ""
+        return text or None
+    if not isinstance(body, dict):
+        return None
+    for key in _MESSAGE_KEYS:
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if key == "error" and isinstance(value, dict):
+            nested = value.get("message")
+            if isinstance(nested, str) and nested.strip():
+                return nested.strip()
+    return None
+
+
+def _detail(response: httpx.Response) -> str:
+    """': <server message> [trace <id>]', as much of it as the response offers."""
+    parts = ""
+    message = _server_message(response)
+    if message:
+        one_line = " ".join(message.split())
+        if len(one_line) > _MAX_QUOTED:
+            one_line = one_line[:_MAX_QUOTED] + "…"
+        parts += f": {one_line}"
+    trace = _trace_id(response)
+    if trace:
+        parts += f" [trace {trace}]"
+    return parts
