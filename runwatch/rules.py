@@ -10,10 +10,16 @@ only sent by rules that name `event: deleted` explicitly: a missing `event` crit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+import functools
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from runwatch.model import Event, EventKind
+
+# Deletions are opt-in: a rule without an `event` criterion hears of these kinds only.
+_DEFAULT_KINDS: tuple[EventKind, ...] = ("transition", "new")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,10 +55,54 @@ class Route:
 
 def route(event: Event, rules: tuple[Rule, ...] | list[Rule]) -> list[Route]:
     """The channels `event` goes to, each once, in rule order."""
-    raise NotImplementedError
+    routes: dict[str, Route] = {}
+    for rule in rules:
+        if matches(rule.match, event):
+            for channel in rule.notify:
+                # setdefault: the first matching rule that names a channel gives its templates
+                routes.setdefault(channel, Route(channel=channel, rule=rule))
+    return list(routes.values())
 
 
 def matches(match: Match, event: Event) -> bool:
-    raise NotImplementedError
+    """True when every criterion `match` names accepts `event`."""
+    if event.kind not in (match.event or _DEFAULT_KINDS):
+        return False
+    # A deleted run has no current condition; its criteria look at the last one known.
+    last = event.current if event.current is not None else event.previous
+    previous = event.previous
+    return (
+        _accepts(match.condition, None if last is None else last.condition)
+        and _accepts(match.status, None if last is None else last.status)
+        and (
+            not match.previous
+            or (previous is not None and _globs(match.previous, previous.condition))
+        )
+        and _accepts(match.workspace, event.workspace)
+        and _accepts(match.flow, event.flow_name)
+        and _accepts(match.training_project, event.training_project)
+        and all(
+            key in event.attributes and _globs(patterns, event.attributes[key])
+            for key, patterns in match.attributes.items()
+        )
+    )
 
 
+def _accepts(patterns: tuple[str, ...], value: str | None) -> bool:
+    """An empty criterion accepts anything; a missing value only the pattern "*"."""
+    if not patterns:
+        return True
+    if value is None:
+        return "*" in patterns
+    return _globs(patterns, value)
+
+
+def _globs(patterns: tuple[str, ...], value: str) -> bool:
+    return any(_compiled(p)(value) is not None for p in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    # fnmatch.fnmatchcase's own semantics (case-sensitive, whole string), compiled once:
+    # route() runs for every event against every rule.
+    return re.compile(fnmatch.translate(pattern)).match
