@@ -1,15 +1,42 @@
 """The configuration file: its typed shape, and loading it with every error named.
 
-(The loader below the dataclasses is filled in by the config work.)
+Theory: the file is composed into YAML nodes (never constructed blindly), walked once into
+plain values while a map from key path to line is kept, `${VAR}` references are replaced in
+string scalars, and then every section is checked against the shapes below. Every problem
+is collected, none stops the others, and the result is one `ConfigError` naming each key
+path and line, or a `Config` that the rest of runwatch can trust without checking again.
+
+Secrets (secret keys, passwords and tokens inside Apprise URLs) never appear in an error
+message: URLs are shown in Apprise's privacy form, and every message is scrubbed of every
+secret found before it is raised.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+import difflib
+import ipaddress
+import logging
+import math
+import os
+import pwd
+import re
+import stat
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from runwatch.rules import Rule
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runwatch.errors import ConfigError
+from runwatch.model import EventKind
+from runwatch.render import validate_template
+from runwatch.rules import Match, Rule
 
 DEFAULT_ENDPOINT = "https://api.vi.datature.com"
 
@@ -89,3 +116,1484 @@ class Config:
     http: HttpConfig | None = None
     tls: TLSConfig = TLSConfig()
     source: Path | None = None  # the file it was loaded from
+    warnings: tuple[str, ...] = ()  # e.g. the file holds secrets and is readable by others
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # every secret, for log redaction
+
+
+# ----------------------------------------------------------------------------- public API
+
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate the configuration file at `path`; raise ConfigError."""
+    env = os.environ if environ is None else environ
+    source = str(path)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(["the configuration is not a regular file"], source=source)
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError([_too_big(st.st_size)], source=source)
+        with path.open("rb") as f:
+            # Read one byte past the limit: the file may have grown since stat().
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([f"cannot read the configuration file: {reason}"], source=source) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_big(len(data))], source=source)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"the file is not UTF-8 text (byte {exc.start})"
+        raise ConfigError([problem], source=source) from exc
+    return _parse(
+        text,
+        source=source,
+        environ=env,
+        base_dir=path.absolute().parent,
+        file=path,
+        mode=stat.S_IMODE(st.st_mode),
+    )
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate configuration `text`; relative paths resolve against `base_dir` (default: cwd)."""
+    env = os.environ if environ is None else environ
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_big(size)], source=source)
+    return _parse(
+        text,
+        source=source,
+        environ=env,
+        base_dir=Path.cwd() if base_dir is None else base_dir,
+        file=None,
+        mode=None,
+    )
+
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)")
+_UNIT_SECONDS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_UNIT_ORDER = ("d", "h", "m", "s", "ms")
+_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in `value`: "30s", "15m", "2h", "1d", "1h30m", "500ms", or a number of seconds.
+
+    Units must be written largest first, each at most once, so "30m1h" (a likely typo) is
+    refused rather than guessed at. Raises ValueError for anything else, negatives included.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_duration_text(value)
+    else:
+        raise ValueError(f"{type(value).__name__} is not a duration")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite number of seconds, not negative")
+    return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    total, pos, last_unit = 0.0, 0, -1
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if m is None:
+            if text[pos:].strip() == "":
+                break
+            raise ValueError(f"{text!r} is not a duration")
+        unit = _UNIT_ORDER.index(m.group(2))
+        if unit <= last_unit:
+            raise ValueError(f"{text!r}: write units largest first, each once (e.g. 1h30m)")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos, last_unit = m.end(), unit
+    if last_unit < 0:
+        raise ValueError(f"{text!r} is not a duration")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for display: 90 -> "1m30s", 0.5 -> "500ms"."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    parts: list[str] = []
+    rest = seconds
+    for unit in ("d", "h", "m"):
+        n, rest = divmod(rest, _UNIT_SECONDS[unit])
+        if n:
+            parts.append(f"{int(n)}{unit}")
+    if rest:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
+def default_state_path(environ: Mapping[str, str]) -> Path:
+    """Where the state database lives when `state.path` is not given.
+
+    Under systemd `StateDirectory=` sets $STATE_DIRECTORY (a colon-separated list when the
+    unit names several; the first is ours). Otherwise the XDG base-directory spec applies;
+    a relative $XDG_STATE_HOME is invalid by that spec and ignored.
+    """
+    state_dirs = environ.get("STATE_DIRECTORY", "")
+    first = state_dirs.split(":")[0]
+    if first:
+        return Path(first) / "state.db"
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "runwatch" / "state.db"
+    return _home(environ) / ".local" / "state" / "runwatch" / "state.db"
+
+
+def describe(config: Config) -> list[str]:
+    """Human-readable lines for `runwatch check`, with every secret masked."""
+    poll, delivery, alerts = config.poll, config.delivery, config.alerts
+    lines = [
+        f"workspace {ws.name}: organization {ws.organization_id}, endpoint {ws.endpoint}"
+        for ws in config.workspaces
+    ]
+    rps = (
+        "unlimited" if poll.max_requests_per_second is None else f"{poll.max_requests_per_second:g}"
+    )
+    terminal = ", ".join(poll.terminal_conditions) or "built-in only"
+    lines.append(
+        f"poll: every {format_duration(poll.interval)}, page size {poll.page_size}, "
+        f"request timeout {format_duration(poll.request_timeout)}, "
+        f"full resync every {format_duration(poll.full_resync)}, "
+        f"{poll.max_attempts} attempts within {format_duration(poll.max_retry_time)}, "
+        f"Retry-After capped at {format_duration(poll.max_retry_after)}, "
+        f"concurrency {poll.max_concurrency}, requests/s {rps}, "
+        f"max pages {poll.max_pages}, extra terminal conditions: {terminal}"
+    )
+    lines.append(f"state: {config.state.path}")
+    ca = f", CA bundle {config.tls.ca_bundle}" if config.tls.ca_bundle else ""
+    lines.append(f"tls: verify {'on' if config.tls.verify else 'OFF'}{ca}")
+    secrets = sorted(set(config.secrets), key=len, reverse=True)
+    for name, urls in config.channels.items():
+        shown = ", ".join(private_url(url, secrets=secrets) for url in urls)
+        lines.append(f"channel {name}: {shown}")
+    for rule in config.rules:
+        lines.append(f"rule {rule.name}: {_describe_match(rule.match)} -> {', '.join(rule.notify)}")
+    lines.append(
+        f"delivery: give up after {format_duration(delivery.max_age)}, backoff "
+        f"{format_duration(delivery.initial_backoff)}..{format_duration(delivery.max_backoff)}, "
+        f"timeout {format_duration(delivery.timeout)}, "
+        f"at most one send per {format_duration(delivery.min_interval)} per channel"
+    )
+    if alerts.notify:
+        lines.append(
+            f"alerts: to {', '.join(alerts.notify)} when the API is down for "
+            f"{format_duration(alerts.api_down_after)} or a channel fails for "
+            f"{format_duration(alerts.channel_failing_after)}"
+        )
+    else:
+        lines.append("alerts: off (alerts.notify is empty)")
+    if config.http is not None:
+        lines.append(f"http: listening on {_join_host_port(config.http.host, config.http.port)}")
+    return lines
+
+
+def private_url(url: str, *, secrets: Sequence[str] = ()) -> str:
+    """`url` as Apprise shows it with privacy on, custom headers and `secrets` masked too."""
+    apprise = _apprise()
+    try:
+        with _apprise_quiet():
+            service = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
+    except Exception:  # Apprise raises a mix of TypeError/ValueError subclasses
+        service = None
+    if service is None:
+        return _schema_only(url)
+    # Apprise masks tokens and passwords but not json/form/xml custom headers (+Name=value).
+    shown = _HEADER_VALUE.sub(r"\1=****", str(service.url(privacy=True)))
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            shown = shown.replace(secret, "****")
+    return shown
+
+
+# ----------------------------------------------------------------------------- YAML nodes
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_YAML = "tag:yaml.org,2002:"
+_PLAIN_TAGS: dict[type[Node], frozenset[str]] = {
+    MappingNode: frozenset({_YAML + "map"}),
+    SequenceNode: frozenset({_YAML + "seq"}),
+    # The scalars a configuration can hold; binary is not among them, and a date is text.
+    ScalarNode: frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp")),
+}
+_MAX_NODES = 200_000  # anchors and aliases can multiply a 1 MiB file into billions of nodes
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys, which PyYAML silently lets win.
+
+    The duplicates are recorded (by key node) rather than raised, so they are reported
+    together with every other problem, each with its full key path.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: dict[int, int] = {}  # id(key node) -> line of the first occurrence
+
+    def compose_mapping_node(self, anchor: dict[Any, Node]) -> MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, object], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            ident = (key.tag, key.value)
+            if ident in first:
+                self.duplicates[id(key)] = first[ident]
+            else:
+                first[ident] = key.start_mark.line + 1
+        return node
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+@dataclass(kw_only=True)
+class _Document:
+    """The YAML turned into plain values, plus what the checks need to know about them."""
+
+    root: object
+    lines: dict[str, int]  # key path -> line (1-based)
+    substituted: set[str]  # paths of string scalars that contained ${...}
+    masked: dict[str, str]  # for those paths: the value with environment parts masked
+    env_values: dict[str, list[str]]  # for those paths: the values taken from the environment
+    broken: set[str]  # paths already reported (a failed ${VAR}): no further complaints
+
+
+def _compose(text: str, problems: _Problems, environ: Mapping[str, str]) -> _Document | None:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        problems.add(None, _yaml_error_text(exc), line=_mark_line(exc))
+        return None
+    except yaml.YAMLError as exc:
+        problems.add(None, _yaml_error_text(exc))
+        return None
+    finally:
+        loader.dispose()
+    doc = _Document(root=None, lines={}, substituted=set(), masked={}, env_values={}, broken=set())
+    if node is None:
+        return doc
+    budget = _MAX_NODES
+
+    def walk(node: Node, path: str) -> object:
+        nonlocal budget
+        budget -= 1
+        if budget < 0:
+            raise _TooManyNodes
+        if node.tag not in _PLAIN_TAGS[type(node)]:
+            # Never construct what an explicit tag asks for (`!!python/object`, `!!set`...).
+            line = node.start_mark.line + 1
+            problems.add(path or None, f"unsupported YAML tag {node.tag!r}", line=line)
+            doc.broken.add(path)
+            return None
+        if isinstance(node, MappingNode):
+            try:
+                loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+            except yaml.MarkedYAMLError as exc:
+                problems.add(path, _yaml_error_text(exc), line=_mark_line(exc))
+                return {}
+            result: dict[str, object] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, ScalarNode):
+                    problems.add(path or None, "a mapping key must be a plain name", line=line)
+                    continue
+                # Keys are names, kept as written: `on:` stays "on", not YAML 1.1's True.
+                key = str(key_node.value)
+                child = f"{path}.{key}" if path else key
+                if id(key_node) in loader.duplicates:
+                    # The first occurrence is the one checked; the repeat is only reported, as
+                    # walking it too would mix the two under one path.
+                    first = loader.duplicates[id(key_node)]
+                    problems.add(child, f"duplicate key {key!r} (first on line {first})", line=line)
+                    continue
+                doc.lines[child] = line
+                result[key] = walk(value_node, child)
+            return result
+        if isinstance(node, SequenceNode):
+            items: list[object] = []
+            for i, item in enumerate(node.value):
+                child = f"{path}[{i}]"
+                doc.lines[child] = item.start_mark.line + 1
+                items.append(walk(item, child))
+            return items
+        assert isinstance(node, ScalarNode)
+        if node.tag == _YAML + "timestamp":
+            return node.value  # no key holds a date; `2024-06-01` in a glob or name is text
+        try:
+            value = loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:  # e.g. `!!int abc`
+            problems.add(path or None, _yaml_error_text(exc), line=_mark_line(exc))
+            doc.broken.add(path)
+            return None
+        if isinstance(value, str) and "$" in value:
+            return substitute(value, path)
+        return value
+
+    def substitute(value: str, path: str) -> str:
+        sub = _substitute(value, environ)
+        if sub.references:
+            doc.substituted.add(path)
+            doc.masked[path] = sub.masked
+            doc.env_values[path] = sub.env_values
+        for error in sub.errors:
+            problems.add(path, error, line=doc.lines.get(path))
+            doc.broken.add(path)
+        return sub.value
+
+    try:
+        doc.root = walk(node, "")
+    except _TooManyNodes:
+        problems.add(None, f"the document expands to more than {_MAX_NODES} values (aliases?)")
+        return None
+    return doc
+
+
+def _yaml_error_text(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending source line, which may hold a secret: build our own text.
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [p for p in (exc.context, exc.problem) if p]
+        mark = exc.problem_mark or exc.context_mark
+        where = f", column {mark.column + 1}" if mark is not None else ""
+        return f"invalid YAML: {'; '.join(parts) or 'syntax error'}{where}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return (
+            f"invalid YAML: unacceptable character #x{exc.character:04x} at position {exc.position}"
+        )
+    return f"invalid YAML: {type(exc).__name__}"
+
+
+def _mark_line(exc: yaml.MarkedYAMLError) -> int | None:
+    mark = exc.problem_mark or exc.context_mark
+    return None if mark is None else mark.line + 1
+
+
+# ----------------------------------------------------------------------------- ${VAR}
+
+_REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_FROM_ENV = "\0"  # stands for a value taken from the environment in `_Substitution.masked`
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Substitution:
+    value: str
+    masked: str  # `value` with each environment value replaced by _FROM_ENV (defaults kept)
+    env_values: list[str]
+    references: bool
+    errors: list[str]
+
+
+def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
+    """Replace ${VAR} and ${VAR:-default} (default when unset or empty, as in sh); $$ is $."""
+    out: list[str] = []
+    masked: list[str] = []
+    env_values: list[str] = []
+    errors: list[str] = []
+    references = False
+    pos = 0
+    for m in _REFERENCE.finditer(text):
+        out.append(text[pos : m.start()])
+        masked.append(text[pos : m.start()])
+        pos = m.end()
+        if m.group(0) == "$$":
+            out.append("$")
+            masked.append("$")
+            continue
+        references = True
+        body = m.group("body")
+        if body is None:
+            errors.append("unterminated '${' (write '$$' for a literal '$')")
+            pos = len(text)
+            break
+        name, has_default, default = body.partition(":-")
+        if not _VAR_NAME.fullmatch(name):
+            errors.append(f"'${{{name}...}}' is not a variable name (write '$$' for a literal '$')")
+            continue
+        value = environ.get(name)
+        if has_default and not value:
+            out.append(default)
+            masked.append(default)  # a default is written in the file itself
+        elif value is None:
+            errors.append(f"environment variable {name} is not set (or write ${{{name}:-default}})")
+        else:
+            out.append(value)
+            masked.append(_FROM_ENV)
+            env_values.append(value)
+    out.append(text[pos:])
+    masked.append(text[pos:])
+    return _Substitution(
+        value="".join(out),
+        masked="".join(masked),
+        env_values=env_values,
+        references=references,
+        errors=errors,
+    )
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+class _Problems:
+    """Every problem found, each as "path: message (line N); hint", sorted by line at the end."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, int, str]] = []
+
+    def add(
+        self, path: str | None, message: str, *, line: int | None = None, hint: str | None = None
+    ) -> None:
+        text = f"{path}: {message}" if path else message
+        if line is not None:
+            text += f" (line {line})"
+        if hint:
+            text += f"; {hint}"
+        self.items.append((math.inf if line is None else line, len(self.items), text))
+
+    def texts(self, secrets: Sequence[str]) -> list[str]:
+        masked = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        out = []
+        for _, _, text in sorted(self.items):
+            for secret in masked:
+                text = text.replace(secret, "****")
+            out.append(text)
+        return out
+
+
+_MISSING = object()
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing (null)"
+    return f"a {type(value).__name__}"
+
+
+class _Checker:
+    """Typed reads of the plain document, each reporting its problem with path and line."""
+
+    def __init__(self, doc: _Document, problems: _Problems) -> None:
+        self.doc = doc
+        self.problems = problems
+
+    def line(self, path: str) -> int | None:
+        # A missing key has no line of its own: use the nearest enclosing one.
+        while path:
+            if path in self.doc.lines:
+                return self.doc.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return None
+
+    def fail(self, path: str, message: str, hint: str | None = None) -> None:
+        if any(path == b or path.startswith((b + ".", b + "[")) for b in self.doc.broken):
+            return  # already reported (e.g. an unset ${VAR}); one message per cause
+        self.problems.add(path, message, line=self.line(path), hint=hint)
+
+    def wrong_type(self, path: str, expected: str, value: object) -> None:
+        self.fail(path, f"expected {expected}, got {_kind(value)}")
+
+    def mapping(
+        self,
+        value: object,
+        path: str,
+        *,
+        keys: Sequence[str] | None,
+        required: Sequence[str] = (),
+    ) -> dict[str, object] | None:
+        """`value` as a mapping with only `keys` (any keys if None); None after a problem."""
+        if not isinstance(value, dict):
+            self.wrong_type(path or "(top level)", "a mapping", value)
+            return None
+        if keys is not None:
+            for key in value:
+                if key not in keys:
+                    self.unknown_key(_join(path, key), key, keys)
+        for key in required:
+            if key not in value:
+                self.fail(_join(path, key), "required")
+        return value
+
+    def unknown_key(self, path: str, key: str, known: Sequence[str]) -> None:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys are: {', '.join(known)}"
+        self.fail(path, "unknown key", hint)
+
+    def section(
+        self, parent: dict[str, object], key: str, keys: Sequence[str]
+    ) -> dict[str, object]:
+        """An optional sub-mapping; absent or null reads as empty."""
+        value = parent.get(key)
+        if value is None:
+            return {}
+        return self.mapping(value, key, keys=keys) or {}
+
+    def string(
+        self,
+        m: dict[str, object],
+        key: str,
+        base: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        non_empty: bool = True,
+    ) -> str | None:
+        path = _join(base, key)
+        value = m.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if required and value is _MISSING:
+                self.fail(path, "required")
+            elif required:
+                self.fail(path, "must not be empty")
+            return default
+        if not isinstance(value, str):
+            self.wrong_type(path, "a string", value)
+            return default
+        if non_empty and not value.strip():
+            self.fail(path, "must not be empty")
+            return default
+        return value
+
+    def integer(
+        self, m: dict[str, object], key: str, base: str, default: int, lo: int, hi: int
+    ) -> int:
+        path = _join(base, key)
+        value = m.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and path in self.doc.substituted:
+            # `${PAGE_SIZE:-50}` is a string in YAML; read it as the number it stands for.
+            try:
+                value = int(value.strip())
+            except ValueError:
+                self.fail(path, "expected an integer (after ${...} substitution)")
+                return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.wrong_type(path, "an integer", value)
+            return default
+        if not lo <= value <= hi:
+            self.fail(path, f"{value} is out of range {lo}..{hi}")
+            return default
+        return value
+
+    def number(
+        self, m: dict[str, object], key: str, base: str, default: float | None, *, above: float
+    ) -> float | None:
+        """A number > `above`; null keeps `default` (which may itself be None)."""
+        path = _join(base, key)
+        value = m.get(key)
+        if value is None or (value == "" and path in self.doc.substituted):
+            return default
+        if isinstance(value, str) and path in self.doc.substituted:
+            try:
+                value = float(value.strip())
+            except ValueError:
+                self.fail(path, "expected a number (after ${...} substitution)")
+                return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.wrong_type(path, "a number", value)
+            return default
+        if not math.isfinite(value) or value <= above:
+            self.fail(path, f"must be a number above {above:g}")
+            return default
+        return float(value)
+
+    def flag(self, m: dict[str, object], key: str, base: str, default: bool) -> bool:
+        path = _join(base, key)
+        value = m.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and path in self.doc.substituted:
+            word = value.strip().lower()
+            if word in ("true", "yes", "on", "1"):
+                return True
+            if word in ("false", "no", "off", "0"):
+                return False
+        if not isinstance(value, bool):
+            self.wrong_type(path, "true or false", value)
+            return default
+        return value
+
+    def duration(
+        self, m: dict[str, object], key: str, base: str, default: float, *, positive: bool = True
+    ) -> float:
+        path = _join(base, key)
+        value = m.get(key)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            shown = f"{value!r}" if isinstance(value, str | int | float) else _kind(value)
+            self.fail(
+                path,
+                f"{shown} is not a duration",
+                "write e.g. 30s, 15m, 2h, 1d, 1h30m, 500ms (or a number of seconds)",
+            )
+            return default
+        if positive and seconds <= 0:
+            self.fail(path, "must be longer than 0s")
+            return default
+        return seconds
+
+    def strings(
+        self,
+        m: dict[str, object],
+        key: str,
+        base: str,
+        *,
+        what: str = "a string",
+        allow_empty: bool = False,
+    ) -> tuple[str, ...]:
+        """A string or a list of strings; absent reads as ().
+
+        An empty list is refused unless `allow_empty`: in a match criterion it would read as
+        "match anything", the opposite of what someone writing `[]` probably meant.
+        """
+        path = _join(base, key)
+        value = m.get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list):
+            self.wrong_type(path, f"{what} or a list of them", value)
+            return ()
+        if not value and not allow_empty:
+            self.fail(path, "must not be an empty list (leave the key out instead)")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                self.wrong_type(f"{path}[{i}]", what, item)
+        return tuple(out)
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _join(base: str, key: str) -> str:
+    return f"{base}.{key}" if base else key
+
+
+# ----------------------------------------------------------------------------- the sections
+
+_TOP_KEYS = (
+    "workspaces",
+    "poll",
+    "state",
+    "tls",
+    "channels",
+    "rules",
+    "templates",
+    "delivery",
+    "alerts",
+    "http",
+)
+_WORKSPACE_KEYS = ("name", "organization_id", "secret_key", "secret_key_file", "endpoint")
+_POLL_KEYS = (
+    "interval",
+    "page_size",
+    "request_timeout",
+    "full_resync",
+    "max_attempts",
+    "max_retry_time",
+    "max_retry_after",
+    "max_concurrency",
+    "max_requests_per_second",
+    "terminal_conditions",
+    "max_pages",
+)
+_RULE_KEYS = ("name", "match", "notify", "title", "body")
+_MATCH_KEYS = (
+    "condition",
+    "status",
+    "previous",
+    "workspace",
+    "flow",
+    "training_project",
+    "attributes",
+    "event",
+)
+_EVENT_KINDS: tuple[EventKind, ...] = ("transition", "new", "deleted")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(kw_only=True)
+class _Found:
+    """Secrets and warnings gathered while checking, for the final Config."""
+
+    secrets: list[str] = field(default_factory=list)
+    scrub: list[str] = field(default_factory=list)  # also masked in errors, not all secrets
+    inline: list[str] = field(default_factory=list)  # paths holding a secret written in the file
+    warnings: list[str] = field(default_factory=list)
+
+
+def _parse(
+    text: str,
+    *,
+    source: str,
+    environ: Mapping[str, str],
+    base_dir: Path,
+    file: Path | None,
+    mode: int | None,
+) -> Config:
+    problems = _Problems()
+    doc = _compose(text, problems, environ)
+    if doc is None:
+        raise ConfigError(problems.texts(()), source=source)
+    found = _Found()
+    check = _Checker(doc, problems)
+    config = _check(doc, check, found, environ=environ, base_dir=base_dir, file=file)
+    scrub = [*found.secrets, *found.scrub]
+    if config is None or problems.items:
+        raise ConfigError(problems.texts(scrub), source=source)
+    warnings = list(found.warnings)
+    if found.inline and mode is not None and mode & 0o077:
+        where = ", ".join(found.inline)
+        warnings.insert(
+            0,
+            f"{source} holds secrets written inline ({where}) and is readable by group or "
+            f"others (mode {mode:04o}): run `chmod 600 {source}`, or move them to "
+            "secret_key_file / ${VAR} references",
+        )
+    unique = sorted(dict.fromkeys(s for s in found.secrets if s), key=len, reverse=True)
+    return dataclasses.replace(config, warnings=tuple(warnings), secrets=tuple(unique))
+
+
+def _check(
+    doc: _Document,
+    check: _Checker,
+    found: _Found,
+    *,
+    environ: Mapping[str, str],
+    base_dir: Path,
+    file: Path | None,
+) -> Config | None:
+    if doc.root is None:
+        check.problems.add(None, "the configuration is empty")
+        return None
+    top = check.mapping(doc.root, "", keys=_TOP_KEYS, required=("workspaces", "channels", "rules"))
+    if top is None:
+        return None
+    workspaces = _workspaces(top, check, found, environ=environ, base_dir=base_dir)
+    poll = _poll(top, check)
+    state = _state(top, check, environ=environ, base_dir=base_dir)
+    tls = _tls(top, check, found, environ=environ, base_dir=base_dir)
+    channels = _channels(top, check, found)
+    # Rules are checked against every workspace name written, valid or not, so that one
+    # broken workspace does not also flag each rule that names it.
+    names = list(
+        dict.fromkeys(
+            item["name"]
+            for item in _as_list(top.get("workspaces"))
+            if isinstance(item, dict) and isinstance(item.get("name"), str)
+        )
+    )
+    rules = _rules(top, check, channels, names)
+    templates = _templates(top, check)
+    delivery = _delivery(top, check)
+    alerts = _alerts(top, check, channels)
+    http = _http(top, check)
+    return Config(
+        workspaces=tuple(workspaces),
+        channels=channels,
+        rules=tuple(rules),
+        state=state,
+        poll=poll,
+        delivery=delivery,
+        templates=templates,
+        alerts=alerts,
+        http=http,
+        tls=tls,
+        source=file,
+    )
+
+
+def _workspaces(
+    top: dict[str, object],
+    check: _Checker,
+    found: _Found,
+    *,
+    environ: Mapping[str, str],
+    base_dir: Path,
+) -> list[WorkspaceConfig]:
+    value = top.get("workspaces")
+    if "workspaces" not in top:
+        return []
+    if not isinstance(value, list):
+        check.wrong_type("workspaces", "a list", value)
+        return []
+    if not value:
+        check.fail("workspaces", "must list at least one workspace")
+        return []
+    result: list[WorkspaceConfig] = []
+    first_seen: dict[str, str] = {}
+    for i, item in enumerate(value):
+        path = f"workspaces[{i}]"
+        m = check.mapping(item, path, keys=_WORKSPACE_KEYS, required=("name", "organization_id"))
+        if m is None:
+            continue
+        name = check.string(m, "name", path)
+        if name is not None:
+            if not _NAME.fullmatch(name):
+                check.fail(f"{path}.name", f"{name!r} may only use letters, digits, '_', '.', '-'")
+            elif name in first_seen:
+                check.fail(
+                    f"{path}.name", f"duplicate workspace name {name!r}", f"also {first_seen[name]}"
+                )
+            else:
+                first_seen[name] = f"{path}.name"
+        org = check.string(m, "organization_id", path)
+        secret = _secret_key(m, path, check, found, environ=environ, base_dir=base_dir)
+        endpoint = _endpoint(m, path, check, found)
+        if name is not None and org is not None and secret is not None and endpoint is not None:
+            result.append(
+                WorkspaceConfig(
+                    name=name, organization_id=org, secret_key=secret, endpoint=endpoint
+                )
+            )
+    return result
+
+
+def _secret_key(
+    m: dict[str, object],
+    path: str,
+    check: _Checker,
+    found: _Found,
+    *,
+    environ: Mapping[str, str],
+    base_dir: Path,
+) -> str | None:
+    has_key, has_file = "secret_key" in m, "secret_key_file" in m
+    if has_key == has_file:
+        check.fail(
+            path,
+            "give exactly one of secret_key and secret_key_file"
+            + (" (both are set)" if has_key else ""),
+        )
+        # Still gather the inline key so that no message can show it.
+        inline = m.get("secret_key")
+        if isinstance(inline, str):
+            found.scrub.append(inline)
+        return None
+    if has_key:
+        key_path = f"{path}.secret_key"
+        found.scrub.extend(check.doc.env_values.get(key_path, []))
+        raw = m.get("secret_key")
+        if isinstance(raw, str) and raw.strip():
+            found.secrets.append(raw.strip())
+        secret = check.string(m, "secret_key", path, required=True)
+        if secret is None:
+            return None
+        secret = secret.strip()
+        if _FROM_ENV not in _as_written(check.doc, key_path, secret):
+            found.inline.append(key_path)
+        return secret
+    file_path = f"{path}.secret_key_file"
+    name = check.string(m, "secret_key_file", path, required=True)
+    if name is None:
+        return None
+    # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY, named without a path.
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    target = _resolve(name, Path(creds) if creds else base_dir, environ)
+    try:
+        with target.open("rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        check.fail(file_path, f"cannot read {str(target)!r}: {reason}")
+        return None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        check.fail(file_path, f"{str(target)!r} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        return None
+    secret = data.decode("utf-8", "replace").strip()
+    if not secret:
+        check.fail(file_path, f"{str(target)!r} is empty")
+        return None
+    found.secrets.append(secret)
+    return secret
+
+
+def _endpoint(m: dict[str, object], path: str, check: _Checker, found: _Found) -> str | None:
+    endpoint = check.string(m, "endpoint", path, DEFAULT_ENDPOINT)
+    if endpoint is None:
+        return None
+    endpoint = endpoint.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(endpoint)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        check.fail(f"{path}.endpoint", f"{endpoint!r} has an invalid port")
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        check.fail(f"{path}.endpoint", f"{endpoint!r} is not an http(s) URL")
+        return None
+    if parts.username or parts.password or parts.query or parts.fragment:
+        check.fail(
+            f"{path}.endpoint", "must be a plain http(s) URL, with no user, query or fragment"
+        )
+        return None
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        found.warnings.append(
+            f"{path}.endpoint: {endpoint} is plain HTTP to another machine; the secret key "
+            "would cross the network unencrypted"
+        )
+    return endpoint
+
+
+def _poll(top: dict[str, object], check: _Checker) -> PollConfig:
+    m = check.section(top, "poll", _POLL_KEYS)
+    d = PollConfig()
+    b = "poll"
+    rps = check.number(m, "max_requests_per_second", b, d.max_requests_per_second, above=0)
+    return PollConfig(
+        interval=check.duration(m, "interval", b, d.interval),
+        page_size=check.integer(m, "page_size", b, d.page_size, 1, 1000),
+        request_timeout=check.duration(m, "request_timeout", b, d.request_timeout),
+        full_resync=check.duration(m, "full_resync", b, d.full_resync, positive=False),
+        max_attempts=check.integer(m, "max_attempts", b, d.max_attempts, 1, 100),
+        max_retry_time=check.duration(m, "max_retry_time", b, d.max_retry_time, positive=False),
+        max_retry_after=check.duration(m, "max_retry_after", b, d.max_retry_after, positive=False),
+        max_concurrency=check.integer(m, "max_concurrency", b, d.max_concurrency, 1, 256),
+        max_requests_per_second=rps,
+        terminal_conditions=check.strings(
+            m, "terminal_conditions", b, what="a condition name", allow_empty=True
+        ),
+        max_pages=check.integer(m, "max_pages", b, d.max_pages, 1, 10_000_000),
+    )
+
+
+def _state(
+    top: dict[str, object], check: _Checker, *, environ: Mapping[str, str], base_dir: Path
+) -> StateConfig:
+    m = check.section(top, "state", ("path",))
+    path = check.string(m, "path", "state")
+    if path is None:
+        return StateConfig(path=default_state_path(environ))
+    return StateConfig(path=_resolve(path, base_dir, environ))
+
+
+def _tls(
+    top: dict[str, object],
+    check: _Checker,
+    found: _Found,
+    *,
+    environ: Mapping[str, str],
+    base_dir: Path,
+) -> TLSConfig:
+    m = check.section(top, "tls", ("verify", "ca_bundle"))
+    verify = check.flag(m, "verify", "tls", True)
+    if not verify:
+        found.warnings.append(
+            "tls.verify is false: the Vi API's certificate is not checked, so anyone on the "
+            "network path can read the secret key; use tls.ca_bundle for a private CA instead"
+        )
+    bundle = check.string(m, "ca_bundle", "tls")
+    ca_bundle = None
+    if bundle is not None:
+        ca_bundle = _resolve(bundle, base_dir, environ)
+        if not ca_bundle.is_file():
+            check.fail("tls.ca_bundle", f"{str(ca_bundle)!r} is not a readable file")
+    return TLSConfig(verify=verify, ca_bundle=ca_bundle)
+
+
+def _channels(top: dict[str, object], check: _Checker, found: _Found) -> dict[str, tuple[str, ...]]:
+    if "channels" not in top:
+        return {}
+    m = check.mapping(top["channels"], "channels", keys=None)
+    if m is None:
+        return {}
+    if not m:
+        check.fail("channels", "must name at least one channel")
+        return {}
+    result: dict[str, tuple[str, ...]] = {}
+    for name, value in m.items():
+        path = f"channels.{name}"
+        if not _NAME.fullmatch(name):
+            check.fail(path, f"channel name {name!r} may only use letters, digits, '_', '.', '-'")
+        if isinstance(value, str):
+            entries = [(path, value)]
+        elif isinstance(value, list) and value:
+            entries = []
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    entries.append((f"{path}[{i}]", item))
+                else:
+                    check.wrong_type(f"{path}[{i}]", "an Apprise URL string", item)
+        else:
+            if isinstance(value, list):
+                check.fail(path, "must list at least one Apprise URL")
+            else:
+                check.wrong_type(path, "an Apprise URL or a list of them", value)
+            result[name] = ()  # still a name rules may use: report it here only
+            continue
+        urls: list[str] = []
+        for url_path, url in entries:
+            url = url.strip()
+            secrets = _url_secrets(url)
+            found.secrets.extend(secrets)
+            found.scrub.extend(check.doc.env_values.get(url_path, []))
+            # A secret part of the URL written here, not taken from ${VAR}, is inline.
+            written = _url_secrets(_as_written(check.doc, url_path, url))
+            if any(_FROM_ENV not in secret for secret in written):
+                found.inline.append(url_path)
+            error = _apprise_error(url)
+            if error is not None:
+                check.fail(url_path, error)
+            urls.append(url)
+        result[name] = tuple(urls)
+    return result
+
+
+def _rules(
+    top: dict[str, object],
+    check: _Checker,
+    channels: Mapping[str, tuple[str, ...]],
+    workspaces: Sequence[str],
+) -> list[Rule]:
+    if "rules" not in top:
+        return []
+    value = top["rules"]
+    if not isinstance(value, list):
+        check.wrong_type("rules", "a list", value)
+        return []
+    if not value:
+        check.fail("rules", "must list at least one rule")
+        return []
+    result: list[Rule] = []
+    first_seen: dict[str, str] = {}
+    for i, item in enumerate(value):
+        path = f"rules[{i}]"
+        m = check.mapping(item, path, keys=_RULE_KEYS, required=("name", "notify"))
+        if m is None:
+            continue
+        name = check.string(m, "name", path)
+        if name is not None:
+            if name in first_seen:
+                check.fail(
+                    f"{path}.name", f"duplicate rule name {name!r}", f"also {first_seen[name]}"
+                )
+            else:
+                first_seen[name] = f"{path}.name"
+        match = _match(m, path, check, workspaces)
+        notify = _notify(m, path, check, channels) if "notify" in m else ()
+        title = _template(m, "title", path, check)
+        body = _template(m, "body", path, check)
+        if name is not None and match is not None and notify:
+            result.append(Rule(name=name, match=match, notify=notify, title=title, body=body))
+    return result
+
+
+def _match(
+    rule: dict[str, object], base: str, check: _Checker, workspaces: Sequence[str]
+) -> Match | None:
+    path = f"{base}.match"
+    value = rule.get("match")
+    if value is None:
+        return Match()  # no criteria: every transition and new run
+    m = check.mapping(value, path, keys=_MATCH_KEYS)
+    if m is None:
+        return None
+    workspace = check.strings(m, "workspace", path, what="a workspace name or glob")
+    for i, pattern in enumerate(workspace):
+        # A plain name that names no workspace is a typo that would silence the rule forever.
+        if not _GLOB_CHARS.search(pattern) and pattern not in workspaces and workspaces:
+            where = f"{path}.workspace" + (f"[{i}]" if isinstance(m["workspace"], list) else "")
+            check.fail(
+                where,
+                f"no workspace is named {pattern!r}",
+                f"workspaces are: {', '.join(workspaces)}",
+            )
+    events: list[EventKind] = []
+    for i, kind in enumerate(check.strings(m, "event", path, what="an event kind")):
+        known = next((k for k in _EVENT_KINDS if k == kind), None)
+        if known is None:
+            where = f"{path}.event" + (f"[{i}]" if isinstance(m["event"], list) else "")
+            check.fail(
+                where, f"unknown event kind {kind!r}", f"use one of: {', '.join(_EVENT_KINDS)}"
+            )
+        else:
+            events.append(known)
+    attributes: dict[str, tuple[str, ...]] = {}
+    if m.get("attributes") is not None:
+        attrs = check.mapping(m["attributes"], f"{path}.attributes", keys=None)
+        for key in attrs or {}:
+            attributes[key] = check.strings(attrs or {}, key, f"{path}.attributes", what="a glob")
+    return Match(
+        condition=check.strings(m, "condition", path, what="a condition or glob"),
+        status=check.strings(m, "status", path, what="a status or glob"),
+        previous=check.strings(m, "previous", path, what="a condition or glob"),
+        workspace=workspace,
+        flow=check.strings(m, "flow", path, what="a flow name or glob"),
+        training_project=check.strings(m, "training_project", path, what="a project or glob"),
+        attributes=attributes,
+        event=tuple(events),
+    )
+
+
+def _notify(
+    m: dict[str, object], base: str, check: _Checker, channels: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    path = f"{base}.notify"
+    value = m.get("notify")
+    if value is None or value == []:
+        check.fail(path, "must name at least one channel")
+        return ()
+    names = check.strings(m, "notify", base, what="a channel name")
+    known = ", ".join(channels)
+    for i, name in enumerate(names):
+        if name not in channels and channels:
+            where = f"{path}[{i}]" if isinstance(value, list) else path
+            check.fail(where, f"unknown channel {name!r}", f"channels are: {known}")
+    # A channel named twice still gets the event once (rules.route dedupes too).
+    return tuple(dict.fromkeys(names))
+
+
+def _template(m: dict[str, object], key: str, base: str, check: _Checker) -> str | None:
+    source = check.string(m, key, base, non_empty=False)
+    if source is None:
+        return None
+    error = validate_template(source)
+    if error is not None:
+        check.fail(_join(base, key), f"invalid template: {error}")
+        return None
+    return source
+
+
+def _templates(top: dict[str, object], check: _Checker) -> Templates:
+    m = check.section(top, "templates", ("title", "body"))
+    return Templates(
+        title=_template(m, "title", "templates", check),
+        body=_template(m, "body", "templates", check),
+    )
+
+
+def _delivery(top: dict[str, object], check: _Checker) -> DeliveryConfig:
+    keys = ("max_age", "initial_backoff", "max_backoff", "timeout", "min_interval")
+    m = check.section(top, "delivery", keys)
+    d = DeliveryConfig()
+    b = "delivery"
+    initial = check.duration(m, "initial_backoff", b, d.initial_backoff, positive=False)
+    maximum = check.duration(m, "max_backoff", b, d.max_backoff, positive=False)
+    if maximum < initial:
+        check.fail(
+            "delivery.max_backoff",
+            f"{format_duration(maximum)} is shorter than initial_backoff "
+            f"{format_duration(initial)}",
+        )
+    return DeliveryConfig(
+        max_age=check.duration(m, "max_age", b, d.max_age),
+        initial_backoff=initial,
+        max_backoff=maximum,
+        timeout=check.duration(m, "timeout", b, d.timeout),
+        min_interval=check.duration(m, "min_interval", b, d.min_interval, positive=False),
+    )
+
+
+def _alerts(
+    top: dict[str, object], check: _Checker, channels: Mapping[str, tuple[str, ...]]
+) -> AlertsConfig:
+    m = check.section(top, "alerts", ("notify", "api_down_after", "channel_failing_after"))
+    d = AlertsConfig()
+    notify: tuple[str, ...] = ()
+    if m.get("notify") is not None:
+        notify = check.strings(m, "notify", "alerts", what="a channel name", allow_empty=True)
+        value = m["notify"]
+        for i, name in enumerate(notify):
+            if name not in channels and channels:
+                where = f"alerts.notify[{i}]" if isinstance(value, list) else "alerts.notify"
+                check.fail(
+                    where, f"unknown channel {name!r}", f"channels are: {', '.join(channels)}"
+                )
+        notify = tuple(dict.fromkeys(notify))
+    return AlertsConfig(
+        notify=notify,
+        api_down_after=check.duration(m, "api_down_after", "alerts", d.api_down_after),
+        channel_failing_after=check.duration(
+            m, "channel_failing_after", "alerts", d.channel_failing_after
+        ),
+    )
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _http(top: dict[str, object], check: _Checker) -> HttpConfig | None:
+    if top.get("http") is None:
+        return None
+    m = check.section(top, "http", ("listen",))
+    listen = check.string(m, "listen", "http")
+    if listen is None:
+        return HttpConfig()
+    parsed = _parse_listen(listen.strip())
+    if parsed is None:
+        check.fail(
+            "http.listen",
+            f"{listen!r} is not host:port",
+            "write e.g. 127.0.0.1:9464 or [::1]:9464 (port 0..65535)",
+        )
+        return HttpConfig()
+    host, port = parsed
+    return HttpConfig(host=host, port=port)
+
+
+def _parse_listen(text: str) -> tuple[str, int] | None:
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            return None
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host) or host.replace(".", "").isdigit():
+                return None
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65_535:
+        return None
+    return host, int(port_text)
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _too_big(size: int) -> str:
+    return f"the file is {size} bytes; a configuration is at most {MAX_CONFIG_BYTES} bytes (1 MiB)"
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME")
+    if home:
+        return Path(home)
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+def _resolve(name: str, base: Path, environ: Mapping[str, str]) -> Path:
+    path = Path(name.strip())
+    if path.parts and path.parts[0] == "~":
+        path = _home(environ).joinpath(*path.parts[1:])
+    return path if path.is_absolute() else base / path
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_written(doc: _Document, path: str, value: str) -> str:
+    """`value` (found at `path`) with every part that came from the environment masked."""
+    return doc.masked.get(path, value).strip()
+
+
+# Token-like: long, no spaces, from the characters of URL-safe tokens, and either mixing
+# letters with digits or long enough that a word is unlikely ("services", "channel" are not).
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+/=:%!]+")
+_HEADER_VALUE = re.compile(r"([?&](?:%2[Bb]|\+)[^=&]*)=[^&]*")
+
+
+def _looks_like_token(text: str) -> bool:
+    if len(text) < 8 or not _TOKEN_CHARS.fullmatch(text):
+        return False
+    mixed = any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+    return mixed or len(text) >= 16
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of an Apprise URL that are probably credentials, for log redaction."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return [url] if _looks_like_token(url) else []
+    head, _, query = rest.partition("?")
+    netloc, _, path = head.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    found: list[str] = []
+
+    def add(piece: str, *, always: bool = False) -> None:
+        for candidate in dict.fromkeys((piece, urllib.parse.unquote(piece))):
+            if candidate and (always or _looks_like_token(candidate)):
+                found.append(candidate)
+
+    if at:
+        user, colon, password = userinfo.partition(":")
+        add(user)
+        if colon:
+            add(password, always=True)
+    for piece in host.split(":"):
+        if "." not in piece:  # a DNS name or IP address is not a secret
+            add(piece)
+    for segment in path.split("/"):
+        add(segment)
+    for pair in query.split("&"):
+        # Not parse_qsl: it reads "+" as a space, and "+Name=value" is an Apprise header.
+        key, _, value = (urllib.parse.unquote(p) for p in pair.partition("="))
+        if key.startswith("+") and len(value) >= 8:
+            add(value, always=True)  # custom HTTP header: often "Authorization"
+            for word in value.split():
+                add(word)
+        else:
+            add(value)
+    return found
+
+
+def _schema_only(url: str) -> str:
+    schema, sep, _ = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", schema):
+        return "(not a URL)"
+    # A schema Apprise knows is safe to show; an unknown one only when it cannot be a token
+    # (a typo like "slak" helps the reader, a token pasted in the wrong place must not show).
+    if schema.lower() in _apprise().manager_plugins.NotificationManager() or not _looks_like_token(
+        schema
+    ):
+        return f"{schema}://…"
+    return "(not a URL)"
+
+
+def _apprise() -> Any:
+    # Imported on first use: it costs ~150 ms and 20 MiB, and pure callers never need it.
+    import apprise
+
+    return apprise
+
+
+_ASSET: list[Any] = []
+
+
+def _asset() -> Any:
+    # In-memory storage: as a library Apprise must never write files next to the daemon.
+    if not _ASSET:
+        _ASSET.append(_apprise().AppriseAsset(storage_mode="memory"))
+    return _ASSET[0]
+
+
+class _ThisThread(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+@contextlib.contextmanager
+def _apprise_quiet() -> Iterator[None]:
+    """Drop Apprise's log records from this thread only: they quote URLs with their tokens.
+
+    The loader reports each failure itself; other threads (deliveries running during a
+    reload) keep their logging.
+    """
+    logger = logging.getLogger("apprise")
+    quiet = _ThisThread()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _apprise_error(url: str) -> str | None:
+    """None when Apprise can build a service from `url`, else why not (with no secret)."""
+    apprise = _apprise()
+    shown = _schema_only(url)
+    try:
+        with _apprise_quiet():
+            service = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
+    except Exception as exc:  # AppriseImproperlyConfigured, or a plugin's own TypeError
+        reason = _mask_url_parts(str(exc), url)
+        return f"Apprise cannot use {shown}: {reason}"
+    if service is None:
+        return f"Apprise cannot use {shown}: unknown service or malformed URL"
+    return None
+
+
+def _mask_url_parts(text: str, url: str) -> str:
+    """`text` (an Apprise error) with every piece of `url` that could be a token masked."""
+    _, _, rest = url.partition("://")
+    head, _, query = rest.partition("?")
+    pieces = set(re.split(r"[/:@#]", head))
+    pieces |= {pair.partition("=")[2] for pair in query.split("&")}  # values, not key names
+    pieces |= {urllib.parse.unquote(p) for p in pieces}
+    for piece in sorted(pieces, key=len, reverse=True):
+        if len(piece) >= 8:
+            text = text.replace(piece, "****")
+        elif len(piece) >= 3:
+            # Short pieces only as whole words: "T12" must not eat part of another word.
+            pattern = rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])"
+            text = re.sub(pattern, "****", text)
+    return text
+
+
+def _describe_match(match: Match) -> str:
+    parts: list[str] = []
+    criteria: list[tuple[str, tuple[str, ...]]] = [
+        ("event", match.event or ("transition", "new")),
+        ("condition", match.condition),
+        ("status", match.status),
+        ("previous", match.previous),
+        ("workspace", match.workspace),
+        ("flow", match.flow),
+        ("training_project", match.training_project),
+    ]
+    for name, values in criteria:
+        if values:
+            parts.append(f"{name}={'|'.join(values)}")
+    for key, values in match.attributes.items():
+        parts.append(f"attributes.{key}={'|'.join(values)}")
+    return " ".join(parts)
