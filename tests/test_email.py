@@ -1,0 +1,141 @@
+"""Email for real: Apprise's mailto:// through the delivery worker to an SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import time
+from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from runwatch.config import DeliveryConfig
+from runwatch.delivery import Deliverer, build_channels
+from runwatch.model import Condition, Event
+from runwatch.store import OutboxItem, PollCommit, Store
+
+T0 = 1_760_000_000_000
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message it accepts."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def messages(self) -> list[EmailMessage]:
+        return [email.message_from_bytes(e.content, policy=policy.default) for e in self.envelopes]
+
+
+class LoopbackController(Controller):
+    """aiosmtpd's Controller on 127.0.0.1 with a free port (port 0, then the one it got)."""
+
+    def _trigger_server(self) -> None:
+        # Called once the server listens, before the start-up probe connects to self.port.
+        server = cast(asyncio.Server, self.server)
+        self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    controller = LoopbackController(mailbox, hostname="127.0.0.1", port=0)
+    controller.start()
+    try:
+        yield mailbox, controller.port
+    finally:
+        controller.stop()
+
+
+def commit_failures(store: Store, runs: list[str]) -> None:
+    events = [
+        Event(
+            kind="transition",
+            workspace="prod",
+            organization_id="org-1",
+            run_id=run_id,
+            previous=None,
+            current=Condition(condition="Failed", status="Reached", last_transition_time=T0),
+        )
+        for run_id in runs
+    ]
+    store.commit_poll(
+        PollCommit(
+            organization_id="org-1",
+            polled_at=T0,
+            events=events,
+            outbox=[
+                OutboxItem(
+                    event_key=ev.key,
+                    channel="oncall",
+                    title=f"Run {ev.run_id} failed",
+                    body=f"Run **{ev.run_id}** failed: out of memory on node gpu-3",
+                    notify_type="failure",
+                    run_key=f"org-1/{ev.run_id}",
+                )
+                for ev in events
+            ],
+        )
+    )
+
+
+async def test_it_sends_markdown_as_a_multipart_email(
+    tmp_path: Path, smtp: tuple[Mailbox, int]
+) -> None:
+    """The title is the subject, and the body is in both the text and the HTML part."""
+    mailbox, port = smtp
+    url = f"mailto://127.0.0.1:{port}?from=runwatch@example.com&to=ops@example.com"
+    config = DeliveryConfig(timeout=10.0, min_interval=0.0)
+    with Store.open(tmp_path / "state.db") as store:
+        deliverer = Deliverer(
+            store, build_channels({"oncall": [url]}), config, clock=lambda: T0 / 1000
+        )
+        commit_failures(store, ["r1"])
+
+        assert await deliverer.deliver_due() == 1
+
+    [envelope] = mailbox.envelopes
+    assert (envelope.mail_from, envelope.rcpt_tos) == ("runwatch@example.com", ["ops@example.com"])
+    [message] = mailbox.messages()
+    assert message["Subject"] == "Run r1 failed"
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None and html is not None
+    assert "failed: out of memory on node gpu-3" in text.get_content()
+    assert "<strong>r1</strong> failed: out of memory on node gpu-3" in html.get_content()
+
+
+async def test_it_sends_emails_back_to_back_without_apprise_pacing(
+    tmp_path: Path, smtp: tuple[Mailbox, int]
+) -> None:
+    """Apprise's 5.5 s pause between emails is off: runwatch paces channels itself."""
+    mailbox, port = smtp
+    url = f"mailto://127.0.0.1:{port}?from=runwatch@example.com&to=ops@example.com"
+    config = DeliveryConfig(timeout=10.0, min_interval=0.0)
+    with Store.open(tmp_path / "state.db") as store:
+        deliverer = Deliverer(
+            store, build_channels({"oncall": [url]}), config, clock=lambda: T0 / 1000
+        )
+        commit_failures(store, ["r1", "r2", "r3"])
+
+        started = time.monotonic()
+        assert await deliverer.deliver_due() == 3
+        elapsed = time.monotonic() - started
+
+    assert [m["Subject"] for m in mailbox.messages()] == [
+        "Run r1 failed",
+        "Run r2 failed",
+        "Run r3 failed",
+    ]
+    assert elapsed < 5.0  # Apprise's own pacing would need at least 11 s for three

@@ -1,0 +1,575 @@
+"""The state store against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runwatch.errors import StoreError
+from runwatch.model import Condition, Event, RunState
+from runwatch.store import (
+    RETENTION_MS,
+    RUN_STATE_FIELDS,
+    SCHEMA_VERSION,
+    OutboxItem,
+    PollCommit,
+    Store,
+)
+
+ORG = "org-1"
+T0 = 1_760_000_000_000  # epoch ms
+DAY_MS = 86_400_000
+
+
+def cond(condition: str, at: int, status: str = "Reached") -> Condition:
+    return Condition(condition=condition, status=status, last_transition_time=at)
+
+
+def run(run_id: str, condition: str = "Running", at: int = T0, org: str = ORG) -> RunState:
+    return RunState(
+        organization_id=org,
+        run_id=run_id,
+        latest=cond(condition, at),
+        time_created=at - 1000,
+        flow_name="flow",
+    )
+
+
+def event(run_id: str, condition: str, at: int, previous: Condition | None = None) -> Event:
+    return Event(
+        kind="transition" if previous else "new",
+        workspace="prod",
+        organization_id=ORG,
+        run_id=run_id,
+        previous=previous,
+        current=cond(condition, at),
+        detected_at=at,
+    )
+
+
+def item(ev: Event, channel: str, title: str = "title") -> OutboxItem:
+    return OutboxItem(
+        event_key=ev.key,
+        channel=channel,
+        title=title,
+        body=f"body of {ev.run_id}",
+        notify_type="failure",
+        run_key=f"{ev.organization_id}/{ev.run_id}",
+    )
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Read the file behind the store's back, as an operator with sqlite3 would."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "state.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[Store]:
+    with Store.open(db, clock=lambda: T0 / 1000) as s:
+        yield s
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make `path` unwritable for this process: chmod, or `chattr +i` when running as root."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    done = chattr and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode
+    if not chattr or done != 0:
+        pytest.skip("running as root without a usable chattr: cannot make a path read-only")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_it_creates_the_schema_on_first_open(db: Path) -> None:
+    """A new file gets the current schema, WAL mode, and an empty state."""
+    with Store.open(db) as store:
+        meta = store.workspace(ORG)
+        assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (None,) * 3
+        assert store.load_runs(ORG) == {}
+        assert store.pending_channels() == []
+    assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(db, "PRAGMA journal_mode") == [("wal",)]
+    tables = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"workspaces", "runs", "events", "outbox", "meta"} <= tables
+
+
+def test_it_keeps_state_across_a_reopen(db: Path) -> None:
+    """Runs, workspace bookkeeping, events, outbox rows and meta survive closing the file."""
+    ev = event("r1", "Failed", T0)
+    with Store.open(db) as store:
+        inserted = store.commit_poll(
+            PollCommit(
+                organization_id=ORG,
+                polled_at=T0,
+                upserts=[run("r1", "Failed"), run("r2")],
+                events=[ev],
+                outbox=[item(ev, "slack")],
+                full_listing=True,
+                baseline=True,
+            )
+        )
+        store.set_meta("alerts", '{"down": {}}')
+        before = store.load_runs(ORG)
+    assert inserted == 1
+    with Store.open(db) as store:
+        assert store.load_runs(ORG) == before
+        assert set(before) == {"r1", "r2"}
+        meta = store.workspace(ORG)
+        assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (T0, T0, T0)
+        row = store.next_pending("slack")
+        assert row is not None
+        assert (row.event_key, row.title, row.created_at, row.attempts) == (ev.key, "title", T0, 0)
+        assert store.get_meta("alerts") == '{"down": {}}'
+        assert store.get_meta("missing") is None
+    payload = json.loads(str(query(db, "SELECT payload FROM events")[0][0]))
+    assert payload["current"]["condition"] == "Failed"
+    assert payload["run_id"] == "r1"
+
+
+def test_it_round_trips_every_run_state_field(store: Store) -> None:
+    """Every field of RunState comes back as it was written, including absent ones."""
+    assert {f.name for f in dataclasses.fields(RunState)} == RUN_STATE_FIELDS
+    full = RunState(
+        organization_id=ORG,
+        run_id="full",
+        latest=Condition(
+            condition="Failed",
+            status="FailedReach",
+            last_transition_time=T0,
+            reason="OOM",
+            message="killed: out of memory",
+        ),
+        time_created=T0 - 5,
+        last_updated=T0 + 5,
+        flow_name="detector",
+        training_project="proj-7",
+        etag='W/"abc"',
+        log="https://logs.example/run/full",
+        killed_at=T0 + 9,
+        attributes={"team": "vision", "ünïcode": "✓"},
+    )
+    bare = RunState(organization_id=ORG, run_id="bare", latest=None, time_created=T0)
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[full, bare]))
+    assert store.load_runs(ORG) == {"full": full, "bare": bare}
+
+
+def test_it_updates_and_deletes_runs(store: Store) -> None:
+    """A later commit replaces a run's state and drops the runs it lists as deleted."""
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("a"), run("b")]))
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=T0 + 1,
+            upserts=[run("a", "Succeeded", T0 + 1)],
+            deleted=["b"],
+        )
+    )
+    runs = store.load_runs(ORG)
+    assert list(runs) == ["a"]
+    assert runs["a"].latest == cond("Succeeded", T0 + 1)
+
+
+def test_it_keeps_workspace_bookkeeping(store: Store) -> None:
+    """Baseline and full-listing times only move when the commit says so; failures are noted."""
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, baseline=True))
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0 + 10, full_listing=True))
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0 + 20))
+    store.record_poll_failure(ORG, T0 + 30, "Vi API answered 503")
+    meta = store.workspace(ORG)
+    assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (
+        T0,
+        T0 + 10,
+        T0 + 20,
+    )
+    assert (meta.last_failure, meta.last_error) == (T0 + 30, "Vi API answered 503")
+    store.record_poll_failure("org-never-polled", T0, "401")
+    assert store.workspace("org-never-polled").baselined_at is None
+
+
+def test_it_lists_tracked_runs_by_organization_newest_first(store: Store) -> None:
+    """`runwatch runs` sees every organization, each with its newest run first."""
+    store.commit_poll(
+        PollCommit(organization_id="b", polled_at=T0, upserts=[run("b1", org="b", at=T0)])
+    )
+    store.commit_poll(
+        PollCommit(
+            organization_id="a",
+            polled_at=T0,
+            upserts=[run("old", org="a", at=T0), run("new", org="a", at=T0 + 5)],
+        )
+    )
+    assert [(r.organization_id, r.run_id) for r in store.tracked_runs()] == [
+        ("a", "new"),
+        ("a", "old"),
+        ("b", "b1"),
+    ]
+
+
+def test_it_does_not_enqueue_an_event_already_recorded(db: Path) -> None:
+    """A transition detected again, even after a restart, is neither recorded nor sent twice."""
+    ev = event("r1", "Failed", T0)
+    commit = PollCommit(
+        organization_id=ORG,
+        polled_at=T0,
+        upserts=[run("r1", "Failed")],
+        events=[ev],
+        outbox=[item(ev, "slack"), item(ev, "email")],
+    )
+    # Seen again, now also routed to a channel added since: still nothing new to send.
+    again = dataclasses.replace(commit, outbox=[*commit.outbox, item(ev, "pager")])
+    with Store.open(db) as store:
+        assert store.commit_poll(commit) == 2
+        assert store.commit_poll(dataclasses.replace(again, polled_at=T0 + 1)) == 0
+    with Store.open(db) as store:
+        assert store.commit_poll(dataclasses.replace(again, polled_at=T0 + 2)) == 0
+        assert store.outbox_stats(T0).pending_by_channel == {"email": 1, "slack": 1}
+    assert query(db, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_it_enqueues_an_event_once_per_channel(store: Store) -> None:
+    """Two items for the same event and channel in one commit make one row."""
+    ev = event("r1", "Failed", T0)
+    commit = PollCommit(
+        organization_id=ORG,
+        polled_at=T0,
+        events=[ev],
+        outbox=[item(ev, "slack", "first"), item(ev, "slack", "second")],
+    )
+    assert store.commit_poll(commit) == 1
+    row = store.next_pending("slack")
+    assert row is not None and row.title == "first"
+
+
+def test_it_enqueues_alerts_once_per_key_and_channel(store: Store) -> None:
+    """Messages that belong to no poll go in through `enqueue`, once per key and channel."""
+    alert = OutboxItem(
+        event_key="alert/channel:slack/down/1",
+        channel="oncall",
+        title="slack is failing",
+        body="…",
+        notify_type="failure",
+        run_key="",
+    )
+    assert store.enqueue([alert], T0) == 1
+    assert store.enqueue([alert], T0 + 1) == 0
+    assert store.workspace(ORG).last_success is None  # no workspace was touched
+    assert store.outbox_stats(T0).pending_by_channel == {"oncall": 1}
+
+
+def test_it_commits_a_poll_atomically(store: Store) -> None:
+    """A commit that fails at its last statement leaves no run, event or row behind."""
+    store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("r1")]))
+    ev = event("r1", "Failed", T0 + 1)
+    broken = dataclasses.replace(item(ev, "slack"), title=None)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        store.commit_poll(
+            PollCommit(
+                organization_id=ORG,
+                polled_at=T0 + 1,
+                upserts=[run("r1", "Failed", T0 + 1), run("r2")],
+                events=[ev],
+                outbox=[item(ev, "email"), broken],
+                full_listing=True,
+            )
+        )
+    assert store.load_runs(ORG) == {"r1": run("r1")}
+    assert store.workspace(ORG).last_full_listing is None
+    assert store.workspace(ORG).last_success == T0
+    assert store.pending_channels() == []
+    # The event was not recorded either: the same transition, seen again, is sent.
+    assert (
+        store.commit_poll(
+            PollCommit(
+                organization_id=ORG, polled_at=T0 + 2, events=[ev], outbox=[item(ev, "email")]
+            )
+        )
+        == 1
+    )
+
+
+def test_it_serves_each_channel_oldest_first(store: Store) -> None:
+    """Each channel's head is its oldest pending row, and a row waiting to retry stays head."""
+    events = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
+    for i, ev in enumerate(events):
+        store.commit_poll(
+            PollCommit(
+                organization_id=ORG,
+                polled_at=T0 + i,
+                events=[ev],
+                outbox=[item(ev, "slack"), item(ev, "email")],
+            )
+        )
+    assert store.pending_channels() == ["email", "slack"]
+    head = store.next_pending("slack")
+    assert head is not None and head.run_key == f"{ORG}/r0"
+    store.mark_retry(head.id, T0 + 10, T0 + 1_000, "json://127.0.0.1:1/: FAILURE")
+    retried = store.next_pending("slack")
+    assert retried is not None
+    assert (retried.id, retried.attempts, retried.next_attempt_at, retried.last_error) == (
+        head.id,
+        1,
+        T0 + 1_000,
+        "json://127.0.0.1:1/: FAILURE",
+    )
+    store.mark_sent(head.id, T0 + 1_000)
+    second = store.next_pending("slack")
+    assert second is not None and second.run_key == f"{ORG}/r1"
+    email = store.next_pending("email")
+    assert email is not None and email.run_key == f"{ORG}/r0"
+
+
+def test_it_counts_pending_and_dead_rows(store: Store) -> None:
+    """Outbox stats count pending and dead rows per channel and age the oldest pending one."""
+    evs = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=T0,
+            events=evs,
+            outbox=[item(e, "slack") for e in evs] + [item(evs[0], "email")],
+        )
+    )
+    first = store.next_pending("slack")
+    assert first is not None
+    store.mark_dead(first.id, T0 + 5, "expired", attempted=True)
+    sent = store.next_pending("email")
+    assert sent is not None
+    store.mark_sent(sent.id, T0 + 5)
+    stats = store.outbox_stats(T0 + 90_000)
+    assert (stats.pending, stats.dead) == (2, 1)
+    assert stats.pending_by_channel == {"slack": 2}
+    assert stats.dead_by_channel == {"slack": 1}
+    assert stats.oldest_pending_age == 90.0
+    assert store.outbox_stats(T0).pending_by_channel == {"slack": 2}
+    assert query(store.path, f"SELECT state, attempts FROM outbox WHERE id = {first.id}") == [
+        ("dead", 1)
+    ]
+
+
+def test_it_prunes_old_sent_rows_and_events_but_keeps_dead_ones(store: Store) -> None:
+    """After 30 days sent rows and their events go; dead rows and their events stay."""
+    sent_ev, dead_ev, fresh_ev = (event(f"r{i}", "Failed", T0 + i) for i in range(3))
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=T0,
+            events=[sent_ev, dead_ev],
+            outbox=[item(sent_ev, "slack"), item(dead_ev, "email")],
+        )
+    )
+    for channel, mark in (("slack", store.mark_sent), ("email", None)):
+        row = store.next_pending(channel)
+        assert row is not None
+        if mark:
+            mark(row.id, T0)
+        else:
+            store.mark_dead(row.id, T0, "gave up")
+    later = T0 + RETENTION_MS + DAY_MS
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=later,
+            events=[fresh_ev],
+            outbox=[item(fresh_ev, "slack")],
+        )
+    )
+    store.prune(later)
+    assert sorted(query(store.path, "SELECT event_key, state FROM outbox")) == sorted(
+        [(dead_ev.key, "dead"), (fresh_ev.key, "pending")]
+    )
+    assert sorted(r[0] for r in query(store.path, "SELECT event_key FROM events")) == sorted(
+        [dead_ev.key, fresh_ev.key]
+    )
+
+
+def test_it_refuses_a_database_from_a_newer_schema(db: Path) -> None:
+    """A file written by a newer runwatch is refused, untouched."""
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match=r"newer runwatch \(schema 2 > 1\); upgrade runwatch"):
+        Store.open(db)
+    assert db.read_bytes() == before
+
+
+def test_it_refuses_a_file_that_is_not_a_database(db: Path) -> None:
+    """A garbage file is reported as corrupt and left exactly as it was, never recreated."""
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not sqlite " * 500)
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match=r"corrupt or not a runwatch database.*refusing"):
+        Store.open(db)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["state.db"]
+
+
+def test_it_refuses_a_database_damaged_inside(db: Path) -> None:
+    """A file with a valid header but a damaged page fails the integrity check at open."""
+    with Store.open(db) as store:
+        store.commit_poll(
+            PollCommit(
+                organization_id=ORG,
+                polled_at=T0,
+                upserts=[run(f"r{i:05}") for i in range(2_000)],
+            )
+        )
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[5 * page : 6 * page] = b"\x5a" * page
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"corrupt.*quick_check"):
+        Store.open(db)
+    assert db.read_bytes() == bytes(data)
+
+
+def test_it_refuses_another_programs_database(db: Path) -> None:
+    """An SQLite file of some other program is not taken over."""
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(StoreError, match="another program"):
+        Store.open(db)
+    assert query(db, "SELECT name FROM sqlite_master") == [("notes",)]
+
+
+def test_it_reports_a_directory_it_cannot_create(tmp_path: Path) -> None:
+    """A state path under a read-only directory says which directory to fix."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked), pytest.raises(StoreError, match="cannot create the directory"):
+        Store.open(locked / "sub" / "state.db")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+def test_it_reports_a_read_only_directory(tmp_path: Path, existing: bool) -> None:
+    """A state file in a directory it cannot write is a StoreError that says to make it writable."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    if existing:
+        Store.open(state_dir / "state.db").close()
+    with read_only(state_dir), pytest.raises(StoreError, match="writable by the user"):
+        Store.open(state_dir / "state.db")
+
+
+def test_it_reports_a_read_only_file(db: Path) -> None:
+    """A state file it cannot write is reported at open, not at the first poll."""
+    Store.open(db).close()
+    with read_only(db), pytest.raises(StoreError, match="is read-only"):
+        Store.open(db)
+
+
+def test_it_rolls_back_a_commit_when_the_disk_is_full_and_stays_usable(db: Path) -> None:
+    """A commit that hits a full disk writes nothing, and the store takes the next commit."""
+    ev = event("r0", "Failed", T0)
+    with Store.open(db, max_pages=64) as store:  # 64 pages of 4 KiB: a tiny "disk"
+        store.commit_poll(
+            PollCommit(
+                organization_id=ORG,
+                polled_at=T0,
+                upserts=[run(f"r{i}") for i in range(10)],
+                events=[ev],
+                outbox=[item(ev, "slack")],
+            )
+        )
+        before = store.load_runs(ORG)
+        big = [
+            dataclasses.replace(run(f"big{i}"), attributes={"note": "x" * 200})
+            for i in range(5_000)
+        ]
+        ev2 = event("r1", "Failed", T0 + 1)
+        with pytest.raises(StoreError, match=r"disk holding the state database .* is full"):
+            store.commit_poll(
+                PollCommit(
+                    organization_id=ORG,
+                    polled_at=T0 + 1,
+                    upserts=big,
+                    events=[ev2],
+                    outbox=[item(ev2, "slack")],
+                    full_listing=True,
+                )
+            )
+        assert store.load_runs(ORG) == before
+        assert store.workspace(ORG).last_success == T0
+        assert store.outbox_stats(T0).pending_by_channel == {"slack": 1}
+        assert (
+            store.commit_poll(
+                PollCommit(
+                    organization_id=ORG,
+                    polled_at=T0 + 2,
+                    upserts=[run("r10")],
+                    events=[ev2],
+                    outbox=[item(ev2, "slack")],
+                )
+            )
+            == 1
+        )
+        assert len(store.load_runs(ORG)) == 11
+    with Store.open(db) as store:
+        assert len(store.load_runs(ORG)) == 11
+
+
+def test_it_commits_and_loads_100k_runs_quickly(db: Path) -> None:
+    """A 100,000-run baseline commits in a couple of seconds and loads back in under one."""
+    runs = [
+        RunState(
+            organization_id=ORG,
+            run_id=f"run-{i:06d}",
+            latest=cond("Succeeded", T0 + i),
+            time_created=T0 + i,
+            last_updated=T0 + i,
+            flow_name="flow-a",
+            training_project="project-1",
+            etag=f'W/"{i}"',
+            attributes={"team": "vision"} if i % 10 == 0 else {},
+        )
+        for i in range(100_000)
+    ]
+    with Store.open(db) as store:
+        started = time.perf_counter()
+        store.commit_poll(
+            PollCommit(organization_id=ORG, polled_at=T0, upserts=runs, baseline=True)
+        )
+        commit_s = time.perf_counter() - started
+    with Store.open(db) as store:
+        started = time.perf_counter()
+        loaded = store.load_runs(ORG)
+        load_s = time.perf_counter() - started
+    print(f"\ncommit_poll 100k: {commit_s:.2f}s, load_runs 100k: {load_s:.2f}s")
+    assert len(loaded) == 100_000
+    assert loaded["run-000010"] == runs[10]
+    # Generous bounds (about 3x what a slow CI machine needs) so the test is not flaky.
+    assert commit_s < 6.0
+    assert load_s < 3.0
