@@ -91,7 +91,6 @@ class RunState:
     log: str | None = None
     killed_at: int | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
-    seen_at: int = 0  # epoch ms of the poll that last saw the run
 
     @property
     def terminal(self) -> bool:

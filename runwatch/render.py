@@ -190,7 +190,10 @@ def _compile(source: str) -> Template:
 
 
 def flavour_for(urls: Sequence[str]) -> Flavour:
-    """The markup a channel's URLs want: "slack" if any is Slack, else "markdown"."""
+    """The markup a channel's URLs want: "slack" if any is Slack, "text" if all are the
+    terminal (`console://`), else "markdown"."""
+    if urls and all(url.strip().lower().startswith("console://") for url in urls):
+        return "text"
     for url in urls:
         try:
             parts = urlsplit(url.strip())

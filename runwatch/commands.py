@@ -1,0 +1,223 @@
+"""The commands behind the CLI, each taking a loaded configuration and returning an exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from runwatch.config import Config, describe, load_config
+from runwatch.console import register_console_schema
+from runwatch.daemon import Daemon
+from runwatch.delivery import build_channels, route_apprise_logging
+from runwatch.dispatch import outbox_items
+from runwatch.errors import ViError
+from runwatch.logs import register_secrets
+from runwatch.poller import PollPlan, choose_kind, poll_workspace
+from runwatch.render import flavour_for, sample_events
+from runwatch.sdnotify import Notifier
+from runwatch.store import Store
+
+log = structlog.get_logger("runwatch.commands")
+
+
+def load(path: Path) -> Config:
+    """Load and validate; register secrets for redaction before anything else can log them."""
+    register_console_schema()
+    route_apprise_logging()
+    config = load_config(path)
+    register_secrets(config.secrets)
+    for warning in config.warnings:
+        log.warning("config.warning", message=warning)
+    return config
+
+
+def run(config: Config, config_path: Path) -> int:
+    from runwatch.cli import install_signal_handlers
+    from runwatch.health import HealthServer
+
+    async def main() -> None:
+        stop, reload_requested = asyncio.Event(), asyncio.Event()
+        install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
+        with Store.open(config.state.path) as store:
+            daemon = Daemon(config, store, notifier=Notifier())
+            server = None
+            if config.http is not None:
+                server = HealthServer(
+                    config.http.host, config.http.port, health=daemon.health, metrics=daemon.metrics
+                )
+                server.start()
+                log.info("http.listening", url=server.url)
+            try:
+                await daemon.run(
+                    stop, reload_requested=reload_requested, load_config=lambda: load(config_path)
+                )
+            finally:
+                if server is not None:
+                    server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> int:
+    """One poll cycle and one delivery pass; exit 1 if a workspace could not be polled."""
+
+    async def main() -> int:
+        with Store.open(config.state.path) as store:
+            if dry_run:
+                return await _dry_run(config, store, out)
+            daemon = Daemon(config, store)
+            try:
+                reports = await daemon.poll_cycle()
+                sent = await daemon.deliver_once()
+            finally:
+                await daemon.aclose()
+            stats = store.outbox_stats(daemon._now_ms())
+            for r in reports:
+                state = "ok" if r.ok else f"FAILED: {r.error}"
+                print(f"{r.workspace}: {r.kind} poll {state}; {r.events} event(s)", file=out)
+            print(f"delivered {sent}; {stats.pending} pending", file=out)
+            return 0 if all(r.ok for r in reports) else 1
+
+    return asyncio.run(main())
+
+
+async def _dry_run(config: Config, store: Store, out: TextIO) -> int:
+    daemon = Daemon(config, store)
+    status = 0
+    try:
+        for ws in config.workspaces:
+            meta = store.workspace(ws.organization_id)
+            now_ms = daemon._now_ms()
+            kind = choose_kind(
+                baselined_at=meta.baselined_at,
+                last_full_listing=meta.last_full_listing,
+                now_ms=now_ms,
+                full_resync_s=config.poll.full_resync,
+            )
+            plan = PollPlan(
+                kind=kind,
+                page_size=config.poll.page_size,
+                max_pages=config.poll.max_pages,
+                max_concurrency=config.poll.max_concurrency,
+                terminal=daemon.terminal,
+            )
+            try:
+                outcome = await poll_workspace(
+                    daemon.clients[ws.name],
+                    store.load_runs(ws.organization_id),
+                    workspace=ws.name,
+                    plan=plan,
+                    now_ms=now_ms,
+                )
+            except ViError as exc:
+                print(f"{ws.name}: poll failed: {exc}", file=out)
+                status = 1
+                continue
+            items = outbox_items(
+                outcome.diff.events,
+                rules=config.rules,
+                templates=config.templates,
+                flavours=daemon.flavours,
+            )
+            print(
+                f"{ws.name}: {kind} poll saw {outcome.runs_seen} run(s); "
+                f"{len(outcome.diff.events)} event(s); {len(items)} message(s) would be sent"
+                + (" (baseline: nothing is sent)" if kind == "baseline" else ""),
+                file=out,
+            )
+            for item in items:
+                print(
+                    f"\n--> {item.channel} [{item.notify_type}] {item.title}\n{item.body}", file=out
+                )
+    finally:
+        await daemon.aclose()
+    print("\ndry run: nothing was recorded or sent", file=out)
+    return status
+
+
+def check(config: Config, out: TextIO = sys.stdout) -> int:
+    """Print what the configuration means; every template was already rendered by the loader."""
+    for line in describe(config):
+        print(line, file=out)
+    flavours = {name: flavour_for(list(urls)) for name, urls in config.channels.items()}
+    items = outbox_items(
+        sample_events(), rules=config.rules, templates=config.templates, flavours=flavours
+    )
+    print(
+        f"\nrendered {len(items)} sample message(s) for {len(config.rules)} rule(s): OK", file=out
+    )
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=out)
+    print("configuration OK", file=out)
+    return 0
+
+
+def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> int:
+    unknown = [n for n in names if n not in config.channels]
+    if unknown:
+        print(
+            f"unknown channel(s): {', '.join(unknown)}; have: {', '.join(config.channels)}",
+            file=out,
+        )
+        return 2
+    channels = build_channels({n: config.channels[n] for n in (names or list(config.channels))})
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    async def main() -> list[tuple[str, bool, str]]:
+        results = await asyncio.gather(
+            *(
+                ch.send(
+                    "🔔 runwatch test message",
+                    f"This is a test from runwatch on {os.uname().nodename} at {now}. "
+                    f"If you can read it, channel **{name}** works.",
+                    "info",
+                    timeout=config.delivery.timeout,
+                )
+                for name, ch in channels.items()
+            )
+        )
+        return [(r.channel, r.ok, r.detail) for r in results]
+
+    failed = 0
+    for name, ok, detail in asyncio.run(main()):
+        failed += not ok
+        print(f"{name}: {'OK' if ok else 'FAILED'} {detail}", file=out)
+    return 1 if failed else 0
+
+
+def runs(config: Config, out: TextIO = sys.stdout) -> int:
+    names = {ws.organization_id: ws.name for ws in config.workspaces}
+    with Store.open(config.state.path) as store:
+        states = store.tracked_runs()
+    rows = [("WORKSPACE", "RUN", "FLOW", "CONDITION", "SINCE")]
+    for s in states:
+        latest = s.latest
+        since = (
+            datetime.fromtimestamp(latest.last_transition_time / 1000, tz=timezone.utc).strftime(
+                "%Y-%m-%d %H:%M"
+            )
+            if latest
+            else "-"
+        )
+        condition = f"{latest.condition} ({latest.status})" if latest else "-"
+        rows.append(
+            (
+                names.get(s.organization_id, s.organization_id),
+                s.run_id,
+                s.flow_name or "-",
+                condition,
+                since,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    print(f"\n{len(states)} run(s) tracked", file=out)
+    return 0
