@@ -7,9 +7,11 @@ template can neither call code nor walk from a value to a module, the environmen
 secret. A template that fails while rendering falls back to the default for that field,
 so a mistake in a rule's template still delivers a message.
 
-Three flavours of markup: "markdown" (`**bold**`, `[text](url)`; email and most services),
-"slack" (mrkdwn: `*bold*`, `<url|text>`) and "text" (no markup). Templates write
-`{{ x|strong }}` and `{{ url|link("text") }}` to stay flavour-neutral.
+Two flavours of markup: "markdown" (`**bold**`, `[text](url)`) for every service, Slack
+included: Apprise 2.x converts CommonMark into Slack's mrkdwn (`*bold*`, `<url|text>`) and
+into HTML for email, so writing Slack's dialect here would be converted a second time; and
+"text" (no markup) for the terminal. Templates write `{{ x|strong }}` and
+`{{ url|link("text") }}` to stay flavour-neutral.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
 
 import structlog
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, pass_context
@@ -41,7 +42,7 @@ from runwatch.model import (
 
 log = structlog.get_logger("runwatch.render")
 
-Flavour = Literal["markdown", "slack", "text"]
+Flavour = Literal["markdown", "text"]
 FLAVOURS: tuple[Flavour, ...] = get_args(Flavour)
 
 
@@ -151,8 +152,6 @@ def _strong(context: Context, value: object) -> str:
     flavour = context.get("flavour")
     if flavour == "markdown":
         return f"**{value}**"
-    if flavour == "slack":
-        return f"*{value}*"
     return str(value)
 
 
@@ -165,8 +164,6 @@ def _link(context: Context, url: object, text: object = None) -> str:
     flavour = context.get("flavour")
     if flavour == "markdown":
         return f"[{label}]({url})"
-    if flavour == "slack":
-        return f"<{url}|{label}>"
     return url  # plain text: the bare URL is what mail clients and terminals make clickable
 
 
@@ -190,18 +187,10 @@ def _compile(source: str) -> Template:
 
 
 def flavour_for(urls: Sequence[str]) -> Flavour:
-    """The markup a channel's URLs want: "slack" if any is Slack, "text" if all are the
-    terminal (`console://`), else "markdown"."""
+    """The markup a channel's URLs want: "text" if all print to the terminal (`console://`),
+    else "markdown" (Apprise converts it per service, to mrkdwn for Slack, HTML for email)."""
     if urls and all(url.strip().lower().startswith("console://") for url in urls):
         return "text"
-    for url in urls:
-        try:
-            parts = urlsplit(url.strip())
-            host = parts.hostname
-        except ValueError:
-            continue  # not parseable as a URL; Apprise validation reports it elsewhere
-        if parts.scheme.lower() == "slack" or host == "hooks.slack.com":
-            return "slack"
     return "markdown"
 
 

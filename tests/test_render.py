@@ -46,7 +46,7 @@ def test_it_renders_the_defaults_for_every_sample_event_in_every_flavour(
     assert event.run_id in message.title
     assert "(prod)" in message.title
     assert message.body.splitlines()[:2] == [
-        line.replace("**", {"markdown": "**", "slack": "*", "text": ""}[flavour])
+        line.replace("**", {"markdown": "**", "text": ""}[flavour])
         for line in ("**Workspace:** prod", f"**Run:** {event.run_id}")
     ]
 
@@ -81,9 +81,15 @@ def test_it_writes_a_transition_as_a_headline_and_labelled_lines_in_markdown() -
     )
 
 
-def test_it_uses_slack_markup_in_the_slack_flavour() -> None:
-    """Slack gets mrkdwn: single-star bold and <url|text> links, never Markdown's."""
-    body = render(TRANSITION, flavour="slack").body
+def test_it_reads_as_slack_mrkdwn_once_apprise_converts_it() -> None:
+    """The Markdown default becomes Slack's dialect in Apprise's Slack plugin: single-star
+    bold and <url|text> links, nothing left of Markdown's."""
+    import apprise
+
+    slack = apprise.Apprise.instantiate("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ml")
+    body = slack.dialect_convert(
+        render(TRANSITION, flavour=flavour_for([slack.url()])).body, apprise.NotifyFormat.MARKDOWN
+    )
 
     assert "*State:* Pending → *Failed*" in body
     assert "*Log:* <https://logs.vi.datature.com/run_ab12|view log>" in body
@@ -199,18 +205,17 @@ def test_it_gives_deletions_the_warning_type() -> None:
 @pytest.mark.parametrize(
     ("urls", "flavour"),
     [
-        (["slack://TokenA/TokenB/TokenC/#ml-runs"], "slack"),
-        (["SLACK://TokenA/TokenB/TokenC"], "slack"),
-        (["https://hooks.slack.com/services/T000/B000/XXXX"], "slack"),
-        (["mailtos://alerts:pw@smtp.example.com", "slack://a/b/c"], "slack"),
+        (["slack://TokenA/TokenB/TokenC/#ml-runs"], "markdown"),
+        (["https://hooks.slack.com/services/T000/B000/XXXX"], "markdown"),
         (["mailtos://alerts:pw@smtp.example.com?to=oncall@example.com"], "markdown"),
-        (["json://127.0.0.1:8080/hook?note=hooks.slack.com"], "markdown"),
+        (["console://"], "text"),
+        (["console://", "json://127.0.0.1:8080/hook"], "markdown"),
         (["https://[::1/broken"], "markdown"),
         ([], "markdown"),
     ],
 )
-def test_it_chooses_slack_markup_for_slack_urls_only(urls: list[str], flavour: str) -> None:
-    """A channel with a Slack URL gets mrkdwn; everything else Markdown."""
+def test_it_writes_markdown_except_for_the_terminal(urls: list[str], flavour: str) -> None:
+    """Apprise converts Markdown per service; only console-only channels get plain text."""
     assert flavour_for(urls) == flavour
 
 
@@ -244,14 +249,14 @@ def test_it_gives_templates_the_event_as_plain_values() -> None:
         "{{ flavour }}|{{ 'x'|strong }}"
     )
 
-    message = render(TRANSITION, title=template, body=template, flavour="slack")
+    message = render(TRANSITION, title=template, body=template, flavour="markdown")
 
     assert message.body == (
         "run_ab12|prod|0f9e8d7c-6b5a-4a3b-9c8d-7e6f5a4b3c2d|transition|yolo-detector|"
         "traffic-signs|vision|vision|Failed|Reached|OutOfMemory|"
         "Container exceeded its memory limit|Pending|Reached|Running|❌|2024-06-01T11:13:00Z|"
         f"1h 13m|4380|2024-06-01T11:11:40Z|https://logs.vi.datature.com/run_ab12|{CONSOLE}|"
-        "slack|*x*"
+        "markdown|**x**"
     )
     assert message.title == message.body
 
