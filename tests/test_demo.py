@@ -1,0 +1,69 @@
+"""`runwatch demo` in-process: the story's notifications reach the console, then it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+
+import pytest
+
+from runwatch import demo
+
+RULE = "─" * 60
+
+
+def notifications(text: str) -> list[tuple[str, str]]:
+    """The (title, body) of every console notification, in the order they were printed."""
+    blocks = text.split(f"\n{RULE}\n")
+    # Each notification prints: rule, title, rule, body; so titles and bodies alternate.
+    return [(blocks[i], blocks[i + 1].split("\n\n")[0]) for i in range(1, len(blocks) - 1, 2)]
+
+
+async def test_it_plays_the_story_to_the_console_and_ends_by_itself() -> None:
+    """Success, failure with its reason, a new run and a cancellation each arrive once."""
+    out = io.StringIO()
+    started = time.monotonic()
+    status = await asyncio.wait_for(demo.play(out=out, speed=4.0), timeout=30)
+    seconds = time.monotonic() - started
+    text = out.getvalue()
+
+    assert status == 0
+    assert seconds < 12, f"the demo at speed 4 took {seconds:.1f}s"
+    assert re.search(r"baseline recorded: \d+ runs, nothing sent", text)
+    assert text.rstrip().endswith("demo finished; 0 notification(s) left undelivered.")
+    titles = [title for title, _ in notifications(text)]
+    short = [re.sub(r" — run_[0-9a-f]{12} \(demo\)$", "", t) for t in titles]
+    # Runs changing between the same two polls may arrive in either order; one run's may not.
+    assert sorted(short) == sorted(
+        [
+            "✅ segformer-b2 succeeded",
+            "❌ convnext-classifier failed",
+            "⏳ yolo-detector pending",
+            "🏃 yolo-detector running",
+            "🚫 qwen-vl-finetune cancelled",
+            "✅ yolo-detector succeeded",
+        ]
+    )
+    assert [t for t in short if "yolo-detector" in t] == [
+        "⏳ yolo-detector pending",
+        "🏃 yolo-detector running",
+        "✅ yolo-detector succeeded",
+    ]
+    bodies = dict(notifications(text))
+    [failed] = [b for t, b in bodies.items() if "failed" in t]
+    assert "State: Running → Failed (FailedReach)" in failed
+    assert "Reason: OutOfMemory" in failed
+    assert "Message: CUDA out of memory while allocating 2.1 GiB at epoch 14" in failed
+    [new] = [b for t, b in bodies.items() if "pending" in t]
+    assert "State: new run, Pending" in new
+    [cancelled] = [b for t, b in bodies.items() if "cancelled" in t]
+    assert "Reason: KilledByUser" in cancelled and "Killed at:" in cancelled
+    assert "**" not in text  # a console channel gets plain text, not Markdown
+
+
+async def test_it_refuses_a_speed_that_is_not_positive() -> None:
+    """A zero speed would divide the story's times by zero: it is refused before anything starts."""
+    with pytest.raises(ValueError, match="speed"):
+        await demo.play(out=io.StringIO(), speed=0)
