@@ -1,0 +1,459 @@
+"""Disk and state: an unusable state database is refused loudly and never reset.
+
+Unusable state, through every command that opens it (once, once --dry-run, run, runs):
+
+    read-only directory   `chattr +i` on the state directory
+    read-only file        `chattr +i` on state.db
+    garbage file          state.db overwritten with text
+    damaged page          one 4 KiB page inside a real state.db overwritten
+    newer schema          PRAGMA user_version above this runwatch's
+
+each gives exit 1, no traceback, a message that names the file and says what to do; the
+database byte for byte as it was; the API not even polled. After the operator's fix
+(writable again, backup restored), the change made meanwhile is delivered exactly once and
+nothing is re-baselined.
+
+A full disk, during a daemon's commit (Store.open's max_pages cap, and a real full tmpfs
+under `runwatch run`): the poll fails naming the full disk, nothing of it is written, the
+daemon keeps going, and once space is freed the transition is delivered exactly once and
+nothing delivered before is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import FakeClock, write_config
+from receiver import Receiver
+
+from runwatch.config import load_config
+from runwatch.daemon import Daemon
+from runwatch.simulator import Simulator
+from runwatch.store import SCHEMA_VERSION, Store
+
+COMMANDS: tuple[tuple[str, ...], ...] = (("once",), ("once", "--dry-run"), ("run",), ("runs",))
+HUGE_MESSAGE = "out of memory; " + "x" * 120_000  # ~30 overflow pages in each of three tables
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one `runwatch` subprocess did: exit status, stdout, stderr."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines of stderr."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line.get("event") == name]
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNWATCH_", "NOTIFY_"))}
+    env.pop("STATE_DIRECTORY", None)
+    return env
+
+
+def runwatch(config: Path, *args: str, timeout: float = 60.0) -> Outcome:
+    """Run `python -m runwatch ARGS -c CONFIG --log-format json` to completion."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runwatch", *args, "-c", str(config), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i path` (root ignores permission bits); skip the test where that is impossible."""
+    chattr = shutil.which("chattr")
+    if os.geteuid() != 0 or chattr is None:
+        pytest.skip("needs root and chattr to make a path read-only for root")
+    if subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip(f"this filesystem does not support chattr +i ({path})")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+# --- how each case breaks the state, and how the operator repairs it -----------------------
+
+
+@contextlib.contextmanager
+def replaced_by(db: Path, damage: Callable[[bytes], bytes]) -> Iterator[None]:
+    """The file damaged; afterwards restored from the operator's backup of it."""
+    backup = db.read_bytes()
+    db.write_bytes(damage(backup))
+    try:
+        yield
+    finally:
+        db.write_bytes(backup)
+
+
+def garbage(_: bytes) -> bytes:
+    return b"this is not an SQLite database; someone copied a log over it\n" * 300
+
+
+def damaged_page(data: bytes) -> bytes:
+    page = 4096
+    assert len(data) > 6 * page, "the state must span more than six pages to damage one inside"
+    return data[: 5 * page] + b"\x5a" * page + data[6 * page :]
+
+
+@contextlib.contextmanager
+def newer_schema(db: Path) -> Iterator[None]:
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    yield  # no repair: the operator upgrades runwatch; this one must not touch the file
+
+
+CASES: dict[str, tuple[Callable[[Path], contextlib.AbstractContextManager[None]], str, bool]] = {
+    # case: (break the state at state.db, text the error must contain, repairable here)
+    "read-only-directory": (
+        lambda db: immutable(db.parent),
+        "writable by the user runwatch runs as",
+        True,
+    ),
+    "read-only-file": (lambda db: immutable(db), "is read-only", True),
+    "garbage-file": (
+        lambda db: replaced_by(db, garbage),
+        "corrupt or not a runwatch database",
+        True,
+    ),
+    "damaged-page": (
+        lambda db: replaced_by(db, damaged_page),
+        "Restore it from a backup, or move it aside",
+        True,
+    ),
+    "newer-schema": (newer_schema, "written by a newer runwatch", False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_it_refuses_an_unusable_state_in_every_command_and_never_resets_it(
+    tmp_path: Path, receiver: Receiver, case: str
+) -> None:
+    """Each command exits 1 saying what to do, leaves the files alone, and loses no change."""
+    breaks, expected, repairable = CASES[case]
+    db = tmp_path / "state" / "state.db"
+    with Simulator(runs=400, active=3, seed=11) as sim:
+        cfg = write_config(
+            tmp_path,
+            sim,
+            channels={"hook": receiver.apprise_url("/hook")},
+            state={"path": str(db)},
+            poll={"page_size": 100},
+        )
+        baseline = runwatch(cfg, "once")
+        assert baseline.code == 0, baseline.stderr
+        assert baseline.events("baseline.recorded")[0]["runs"] == 400
+        failed = sim.active_run_ids()[0]
+        sim.append_condition(failed, "Failed", status="FailedReach", reason="OOM")
+        sim.reset_counters()
+
+        with breaks(db):
+            before = snapshot(db.parent)
+            with ThreadPoolExecutor(max_workers=len(COMMANDS)) as pool:
+                outcomes = list(pool.map(lambda args: runwatch(cfg, *args), COMMANDS))
+            after = snapshot(db.parent)
+
+        for args, out in zip(COMMANDS, outcomes, strict=True):
+            command = " ".join(args)
+            assert out.code == 1, f"{command}: {out.code}\n{out.stderr}"
+            assert "Traceback" not in out.stdout + out.stderr, command
+            [unusable] = out.events("state.unusable")
+            assert expected in unusable["error"], command
+            assert str(db) in unusable["error"], command
+            assert f"runwatch: {unusable['error']}" in out.stderr, command
+        # Not a byte of the database written; at most SQLite's empty side files were created.
+        assert after.pop("state.db") == before.pop("state.db")
+        assert set(after) - set(before) <= {"state.db-wal", "state.db-shm"}
+        assert after.get("state.db-wal", b"") == before.get("state.db-wal", b"")
+        assert sim.request_count() == 0  # refused before polling: nothing read, nothing sent
+        assert receiver.requests == []
+
+        if not repairable:
+            return
+        # The operator fixed it: the change made meanwhile is detected and sent, once.
+        first = runwatch(cfg, "once")
+        assert first.code == 0, first.stderr
+        assert first.events("baseline.recorded") == []
+        assert "1 event(s)" in first.stdout and "delivered 1; 0 pending" in first.stdout
+        again = runwatch(cfg, "once")
+        assert again.code == 0 and "0 event(s)" in again.stdout and "delivered 0" in again.stdout
+    [message] = receiver.received
+    assert failed in message["message"] and "OOM" in message["message"]
+
+
+async def test_it_keeps_state_through_a_commit_that_fills_the_disk(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A poll whose commit hits a full disk writes nothing, the daemon keeps going without
+    calling it an API outage, and once space is freed the transition is detected and
+    delivered exactly once, none re-sent."""
+    db = tmp_path / "state.db"
+    with Simulator(runs=40, active=4, seed=5) as sim:
+        cfg = write_config(
+            tmp_path,
+            sim,
+            channels={"hook": receiver.apprise_url("/hook"), "admins": receiver.apprise_url("/ad")},
+            rules=[{"name": "all", "match": {}, "notify": ["hook"]}],
+            poll={"interval": "20ms"},
+            alerts={"notify": ["admins"], "api_down_after": "1m"},
+        )
+        config = load_config(cfg)
+        first, second = sim.active_run_ids()[:2]
+        # Before: a baseline and one transition, delivered.
+        with Store.open(db) as store:
+            daemon = Daemon(config, store)
+            await daemon.poll_cycle()
+            sim.append_condition(first, "Failed", reason="early")
+            await daemon.poll_cycle()
+            assert await daemon.deliver_once() == 1
+            await daemon.aclose()
+        pages = _query(db, "PRAGMA page_count")[0][0]
+        sim.append_condition(second, "Failed", reason="OOM", message=HUGE_MESSAGE)
+
+        # The "disk" now holds exactly what is there: the big transition cannot be written.
+        before = _dump(db)
+        with Store.open(db, max_pages=pages) as store:
+            # An hour after the last recorded poll: long past alerts.api_down_after.
+            daemon = Daemon(config, store, clock=FakeClock(time.time() + 3600))
+            [report] = await daemon.poll_cycle()
+            assert not report.ok and report.error is not None
+            assert "is full" in report.error and "free some space" in report.error
+            assert daemon.last_error["prod"] == report.error
+            assert await daemon.deliver_once() == 0  # the earlier message is not re-sent
+            # The loop rides it out: several cycles fail the same way, none ends the daemon.
+            stop = asyncio.Event()
+            loop = asyncio.create_task(daemon.run(stop))
+            await asyncio.wait_for(daemon.wait_cycles(daemon.cycles + 3), timeout=10)
+            assert not loop.done()
+            stop.set()
+            await asyncio.wait_for(loop, timeout=10)
+        assert _dump(db) == before  # not one row of the failed polls was written
+
+        # Space freed (the cap lifted): the transition is still there to be found, once.
+        with Store.open(db) as store:
+            daemon = Daemon(config, store)
+            [report] = await daemon.poll_cycle()
+            assert report.ok and report.events == 1
+            assert await daemon.deliver_once() == 1
+            await daemon.poll_cycle()
+            assert await daemon.deliver_once() == 0
+            await daemon.aclose()
+    early, late = receiver.received  # and no alert to the admins
+    assert [early["path"], late["path"]] == ["/hook", "/hook"]
+    assert first in early["message"] and "early" in early["message"]
+    assert second in late["message"] and "OOM" in late["message"]
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path`; skip the test where mounting is not permitted."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file into `directory` until its filesystem has no space left."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                os.write(fd, b"\0" * 65536)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 512)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_it_exits_1_from_once_on_a_full_filesystem_and_sends_later(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`runwatch once` on a full filesystem exits 1 saying to free space, with no traceback;
+    after space is freed the next `once` delivers the transition, once."""
+    with small_filesystem(tmp_path / "disk", "2m") as disk, Simulator(runs=30, seed=9) as sim:
+        db = disk / "state.db"
+        cfg = write_config(
+            tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")}, state={"path": str(db)}
+        )
+        assert runwatch(cfg, "once").code == 0
+        before = _dump(db)
+        filler = fill(disk)
+        run_id = sim.active_run_ids()[0]
+        sim.append_condition(run_id, "Failed", reason="OOM", message=HUGE_MESSAGE)
+
+        # Opening already needs space (SQLite's -shm and -wal files): refused there, or at
+        # the commit if they exist; either way exit 1 with what to do.
+        full = runwatch(cfg, "once")
+        printed = full.stdout + full.stderr
+        assert full.code == 1 and "Traceback" not in printed
+        assert f"the disk holding the state database {db} is full" in printed
+        assert "free some space" in printed
+        assert receiver.requests == []
+
+        filler.unlink()
+        assert _dump(db) == before
+        freed = runwatch(cfg, "once")
+        assert freed.code == 0 and "1 event(s)" in freed.stdout and "delivered 1" in freed.stdout
+        again = runwatch(cfg, "once")
+        assert again.code == 0 and "0 event(s)" in again.stdout and "delivered 0" in again.stdout
+    [message] = receiver.received
+    assert run_id in message["message"]
+
+
+def test_it_rides_out_a_full_filesystem_under_the_daemon(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`runwatch run` on a filesystem that fills keeps going, logs what to do, alerts no one
+    that the API is down, and delivers the transition exactly once after space is freed."""
+    with small_filesystem(tmp_path / "disk", "2m") as disk, Simulator(runs=30, seed=9) as sim:
+        db = disk / "state.db"
+        cfg = write_config(
+            tmp_path,
+            sim,
+            channels={"hook": receiver.apprise_url("/hook"), "admins": receiver.apprise_url("/ad")},
+            rules=[{"name": "all", "match": {}, "notify": ["hook"]}],
+            state={"path": str(db)},
+            poll={"interval": "100ms"},
+            # Self-alerts on: they write to the store every cycle, and a full disk is no reason
+            # to tell the admins that the API is down.
+            alerts={"notify": ["admins"], "api_down_after": "200ms"},
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runwatch", "run", "-c", str(cfg), "--log-format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        lines: list[dict[str, Any]] = []
+        reader = _LogReader(proc, lines)
+        try:
+            wait_until(lambda: _seen(lines, "baseline.recorded"), what="the baseline")
+            filler = fill(disk)
+            run_id = sim.active_run_ids()[0]
+            sim.append_condition(run_id, "Failed", reason="OOM", message=HUGE_MESSAGE)
+            wait_until(
+                lambda: _running(proc) and len(_full(lines)) >= 6,
+                what="six polls failing on the full disk",
+            )
+            assert receiver.requests == []
+            filler.unlink()
+            receiver.wait_for(1, timeout=20)
+            sent_polls = len([x for x in lines if x.get("event") == "poll.done"])
+            wait_until(
+                lambda: len([x for x in lines if x.get("event") == "poll.done"]) >= sent_polls + 3,
+                what="three more polls",
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+            reader.join()
+    assert code == 0
+    assert "Traceback" not in reader.text
+    [message] = receiver.received  # and nothing to the admins
+    assert message["path"] == "/hook"
+    assert run_id in message["message"] and "OOM" in message["message"]
+    full = _full(lines)[0]
+    assert str(db) in full["error"] and "free some space" in full["error"]
+
+
+class _LogReader:
+    """Reads a subprocess's stderr JSON lines into `lines` from a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str], lines: list[dict[str, Any]]) -> None:
+        self.text = ""
+        self._proc = proc
+        self._lines = lines
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self.text += line
+            if line.startswith("{"):
+                self._lines.append(json.loads(line))
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+
+def _running(proc: subprocess.Popen[str]) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"the daemon exited with status {proc.returncode}")
+    return True
+
+
+def _seen(lines: list[dict[str, Any]], event: str) -> bool:
+    return any(x.get("event") == event for x in lines)
+
+
+def _full(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        x for x in lines if x.get("event") == "poll.failed" and "is full" in str(x.get("error", ""))
+    ]
+
+
+def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _dump(db: Path) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Every row of every table, read as an operator would (the WAL included)."""
+    tables = [r[0] for r in _query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return [(t, _query(db, f"SELECT * FROM {t} ORDER BY 1")) for t in sorted(tables)]
