@@ -17,7 +17,7 @@ into HTML for email, so writing Slack's dialect here would be converted a second
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 
 import structlog
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, pass_context
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -120,6 +121,15 @@ _LOOP_ATTRIBUTES = frozenset(
 )
 
 
+MAX_RENDERED_CHARS = 20_000  # far above any real message, far below harm
+_MAX_FILTER_WIDTH = 1_000
+_SIZED_FILTERS = frozenset({"center", "indent", "wordwrap", "format", "truncate", "batch", "slice"})
+
+
+def _small_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and abs(value) <= 1_000
+
+
 class _TemplateSandbox(ImmutableSandboxedEnvironment):
     """Templates may read context values, index dicts, and use filters, tests, `if`, `for`.
 
@@ -138,6 +148,22 @@ class _TemplateSandbox(ImmutableSandboxedEnvironment):
 
     def wrap_str_format(self, value: Any) -> None:
         return None  # no sandboxed `str.format` either: `.format` is an attribute, refused
+
+    # Bounds on what one template may build: a message is a few hundred characters, and a
+    # template like `{{ 'x' * 10**9 }}` must fail rather than take the daemon's memory.
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and not (_small_number(left) and _small_number(right)):
+            raise SecurityError("'**' is limited to small numbers in templates")
+        if operator == "*":
+            sizes = [len(v) for v in (left, right) if isinstance(v, (str, list, tuple))]
+            counts = [v for v in (left, right) if isinstance(v, int)]
+            if sizes and counts and sizes[0] * max(counts[0], 0) > MAX_RENDERED_CHARS:
+                raise SecurityError(
+                    f"a template may not build more than {MAX_RENDERED_CHARS} characters"
+                )
+        return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(__obj, Undefined):
@@ -167,6 +193,28 @@ def _link(context: Context, url: object, text: object = None) -> str:
     return url  # plain text: the bare URL is what mail clients and terminals make clickable
 
 
+def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that refuses huge widths and huge results (`'%*s'|format(10**9, x)`)."""
+    sized = name in _SIZED_FILTERS
+
+    @functools.wraps(fn)  # keeps jinja's pass_context marks
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if sized:
+            numbers = [a for a in (*args, *kwargs.values()) if type(a) is int]
+            if any(abs(n) > _MAX_FILTER_WIDTH for n in numbers):
+                raise SecurityError(
+                    f"filter {name!r} is limited to widths up to {_MAX_FILTER_WIDTH}"
+                )
+        result = fn(*args, **kwargs)
+        if isinstance(result, str) and len(result) > MAX_RENDERED_CHARS:
+            raise SecurityError(
+                f"a template may not build more than {MAX_RENDERED_CHARS} characters"
+            )
+        return result
+
+    return bounded
+
+
 def _make_environment() -> _TemplateSandbox:
     env = _TemplateSandbox(
         undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
@@ -175,6 +223,8 @@ def _make_environment() -> _TemplateSandbox:
     env.globals.clear()
     env.filters["strong"] = _strong
     env.filters["link"] = _link
+    for name, fn in list(env.filters.items()):
+        env.filters[name] = _bounded_filter(name, fn)
     return env
 
 

@@ -425,3 +425,32 @@ def test_it_accepts_a_template_that_renders_every_sample() -> None:
     )
 
     assert validate_template(template) is None
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x' * 10**9 }}",
+        "{{ 9**9**9 }}",
+        "{{ run_id * 100000 }}",
+        "{{ run_id|center(100000000) }}",
+        "{{ '%*s'|format(1000000000, 'a') }}",
+        "{{ message|indent(10**6) }}",
+        "{{ run_id" + "|replace('_', '__________')" * 6 + " }}",
+    ],
+)
+def test_it_refuses_templates_that_would_build_huge_strings(source: str) -> None:
+    """A template cannot take the daemon's memory or CPU by building an enormous string."""
+    error = validate_template(source)
+    assert error is not None and "SecurityError" in error
+    with capture_logs() as logs:
+        message = render(TRANSITION, body=source)
+    assert message.body == render(TRANSITION).body  # fell back to the default
+    assert [entry["event"] for entry in logs] == ["render.failed"]
+
+
+def test_it_still_allows_modest_repetition_and_padding() -> None:
+    """Bounds leave room for what real templates do: rules of dashes, aligned columns."""
+    assert render(TRANSITION, body="{{ '-' * 20 }}|{{ run_id|center(12) }}").body == (
+        "-" * 20 + "|" + "run_ab12".center(12)
+    )
