@@ -452,5 +452,5 @@ def test_it_refuses_templates_that_would_build_huge_strings(source: str) -> None
 def test_it_still_allows_modest_repetition_and_padding() -> None:
     """Bounds leave room for what real templates do: rules of dashes, aligned columns."""
     assert render(TRANSITION, body="{{ '-' * 20 }}|{{ run_id|center(12) }}").body == (
-        "-" * 20 + "|" + "run_ab12".center(12)
+        "-" * 20 + "|" + "run_ab12".center(12).rstrip()
     )
