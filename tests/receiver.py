@@ -21,13 +21,14 @@ Mode = Literal["ok", "fail", "hang"]
 class Receiver:
     """Records the messages POSTed to it; a context manager (`with Receiver() as r:`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1:`port`; 0, the default, is any free port."""
         self.received: list[dict[str, Any]] = []  # accepted messages ("ok"), arrival order
         self.requests: list[dict[str, Any]] = []  # every POST, whatever the answer
         self._modes: dict[str | None, Mode] = {None: "ok"}
         self._changed = threading.Condition()
         self._closing = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True  # a hung handler must not keep pytest alive
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -105,7 +106,12 @@ class Receiver:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode("utf-8", "replace")
+                data = self.rfile.read(length)
+                if len(data) < length:
+                    # The sender died mid-request (a test killed it): nothing was delivered.
+                    self.close_connection = True
+                    return
+                raw = data.decode("utf-8", "replace")
                 path = urllib.parse.urlsplit(self.path).path
                 message = _decode(raw, self.headers.get("Content-Type") or "")
                 message["path"] = path
