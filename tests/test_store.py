@@ -8,7 +8,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -541,8 +540,10 @@ def test_it_rolls_back_a_commit_when_the_disk_is_full_and_stays_usable(db: Path)
         assert len(store.load_runs(ORG)) == 11
 
 
-def test_it_commits_and_loads_100k_runs_quickly(db: Path) -> None:
-    """A 100,000-run baseline commits in a couple of seconds and loads back in under one."""
+def test_it_commits_and_loads_a_100k_run_baseline(db: Path) -> None:
+    """A 100,000-run baseline commits in one transaction and loads back whole.
+
+    (How fast: benchmarks/RESULTS.md.)"""
     runs = [
         RunState(
             organization_id=ORG,
@@ -558,18 +559,10 @@ def test_it_commits_and_loads_100k_runs_quickly(db: Path) -> None:
         for i in range(100_000)
     ]
     with Store.open(db) as store:
-        started = time.perf_counter()
         store.commit_poll(
             PollCommit(organization_id=ORG, polled_at=T0, upserts=runs, baseline=True)
         )
-        commit_s = time.perf_counter() - started
     with Store.open(db) as store:
-        started = time.perf_counter()
         loaded = store.load_runs(ORG)
-        load_s = time.perf_counter() - started
-    print(f"\ncommit_poll 100k: {commit_s:.2f}s, load_runs 100k: {load_s:.2f}s")
     assert len(loaded) == 100_000
-    assert loaded["run-000010"] == runs[10]
-    # Generous bounds (about 3x what a slow CI machine needs) so the test is not flaky.
-    assert commit_s < 6.0
-    assert load_s < 3.0
+    assert loaded == {r.run_id: r for r in runs}

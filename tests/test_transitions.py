@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -310,20 +309,19 @@ def test_it_reports_no_deletion_when_every_known_run_was_seen() -> None:
     assert result == Diff(events=(), upserts=(), deleted=())
 
 
-def test_it_diffs_100_000_unchanged_runs_in_well_under_a_second() -> None:
-    """A full resync of a large organization costs a fraction of a poll interval."""
+def test_it_diffs_100_000_unchanged_runs_to_an_empty_diff() -> None:
+    """A full resync of a large, quiet organization yields nothing to write or send.
+
+    (How fast: benchmarks/bench_polling.py, recorded in benchmarks/RESULTS.md.)"""
     runs = [
         a_run(PENDING, replace(SUCCEEDED, last_transition_time=3_000 + i), run_id=f"run_{i}")
         for i in range(100_000)
     ]
     known = known_from(*runs)
 
-    started = time.perf_counter()
     result = diff(known, *runs)
-    elapsed = time.perf_counter() - started
 
     assert result == Diff(events=(), upserts=(), deleted=())
-    assert elapsed < 1.0
 
 
 # --- property: feeding upserts back, events never repeat and forward moves are never lost ---
