@@ -1493,6 +1493,11 @@ def _url_secrets(url: str) -> list[str]:
     return found
 
 
+def url_secrets(url: str) -> list[str]:
+    """The parts of an Apprise URL that are probably credentials (to mask them anywhere)."""
+    return _url_secrets(url)
+
+
 def _schema_only(url: str) -> str:
     schema, sep, _ = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", schema):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, cast
 
 import structlog
@@ -29,6 +30,14 @@ log = structlog.get_logger("runwatch.decode")
 
 _intern = sys.intern
 _EMPTY: Mapping[str, str] = {}
+# Attribute sets repeat across runs ({"team": "vision", "owner": "alice"}); runs with the same
+# set share one read-only mapping, so 100,000 tracked runs keep a few hundred, not 100,000.
+_SHARED_ATTRIBUTES: dict[tuple[tuple[str, object], ...], Mapping[str, str]] = {}
+_MAX_SHARED_ATTRIBUTES = 4096  # distinct sets shared; past that, each run has its own
+# Condition messages mostly repeat too ("Training completed; model saved"): the first 4096
+# distinct ones are shared (a bounded table; past it, each run keeps its own copy).
+_SHARED_MESSAGES: dict[str, str] = {}
+_MAX_SHARED_MESSAGES = 4096
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +84,17 @@ def _opt_interned(value: object) -> str | None:
     return _intern(value) if type(value) is str else None
 
 
+def _shared_message(value: object) -> str | None:
+    if type(value) is not str:
+        return None
+    shared = _SHARED_MESSAGES.get(value)
+    if shared is None:
+        shared = value
+        if len(_SHARED_MESSAGES) < _MAX_SHARED_MESSAGES:
+            _SHARED_MESSAGES[value] = value
+    return shared
+
+
 def _kind(value: object) -> str:
     return "missing" if value is None else type(value).__name__
 
@@ -95,14 +115,27 @@ def _condition(doc: object, index: int) -> Condition:
             doc.get("lastTransitionTime"), f"status.conditions[{index}].lastTransitionTime"
         ),
         reason=_opt_interned(doc.get("reason")),
-        message=_opt_str(doc.get("message")),
+        message=_shared_message(doc.get("message")),
     )
 
 
 def _attributes(value: object) -> Mapping[str, str]:
     if type(value) is not dict or not value:
         return _EMPTY
-    return {k: v for k, v in value.items() if type(v) is str}
+    key = tuple(value.items())
+    try:
+        shared = _SHARED_ATTRIBUTES.get(key)
+    except TypeError:  # an unhashable value (a list, an object): not a label set to share
+        return _own_attributes(value)
+    if shared is None:
+        shared = _own_attributes(value)
+        if len(_SHARED_ATTRIBUTES) < _MAX_SHARED_ATTRIBUTES:
+            _SHARED_ATTRIBUTES[key] = shared
+    return shared
+
+
+def _own_attributes(value: dict[str, object]) -> Mapping[str, str]:
+    return MappingProxyType({_intern(k): _intern(v) for k, v in value.items() if type(v) is str})
 
 
 def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
@@ -127,12 +160,17 @@ def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
     if type(project) is not str:
         project = flow.get("trainingProject")
 
+    conditions = tuple([_condition(c, i) for i, c in enumerate(raw_conditions)])
+    last_updated = _opt_millis(metadata.get("lastUpdated"))
+    if conditions and last_updated == conditions[-1].last_transition_time:
+        # Usually the time of the latest transition: keep one int object for both.
+        last_updated = conditions[-1].last_transition_time
     return Run(
         organization_id=organization_id,
         run_id=run_id,
-        conditions=tuple([_condition(c, i) for i, c in enumerate(raw_conditions)]),
+        conditions=conditions,
         time_created=_millis(metadata.get("timeCreated"), "metadata.timeCreated"),
-        last_updated=_opt_millis(metadata.get("lastUpdated")),
+        last_updated=last_updated,
         flow_name=_opt_interned(flow.get("name")),
         training_project=_opt_interned(project),
         etag=_opt_str(doc.get("etag")),

@@ -23,6 +23,7 @@ import logging
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -30,7 +31,7 @@ from typing import Literal
 import apprise
 import structlog
 
-from runwatch.config import DeliveryConfig
+from runwatch.config import DeliveryConfig, url_secrets
 from runwatch.errors import ConfigError, StoreError
 from runwatch.store import OutboxRow, Store
 
@@ -79,6 +80,20 @@ class Channel:
             raise ConfigError([f"channels.{name}: no Apprise URL given"])
         self.name = name
         self._apprise = apprise.Apprise(asset=asset)
+        # Apprise's privacy form masks passwords and most tokens but shows some verbatim
+        # (json:// and form:// keep the URL path, where webhook tokens live); what a detail
+        # or a privacy URL still holds of these is masked before it is logged or stored.
+        self._secrets = sorted(
+            {
+                form
+                for url in urls
+                for secret in url_secrets(url)
+                for form in (secret, urllib.parse.quote(secret, safe=""))
+                if len(form) >= 4
+            },
+            key=len,
+            reverse=True,
+        )
         problems: list[str] = []
         for index, url in enumerate(urls):
             where = f"channels.{name}[{index}]"
@@ -109,9 +124,14 @@ class Channel:
         """The channel's URLs with their secrets masked, safe to print and log."""
         # NotifyBase.url is untyped in Apprise; it returns str.
         return [
-            redact_url(service.url(privacy=True))  # type: ignore[no-untyped-call]
+            self._mask(redact_url(service.url(privacy=True)))  # type: ignore[no-untyped-call]
             for service in self._apprise
         ]
+
+    def _mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        return text
 
     async def send(self, title: str, body: str, notify_type: str, *, timeout: float) -> SendResult:
         """Send one message to every URL of the channel; ok only if every one succeeded.
@@ -146,7 +166,9 @@ class Channel:
                 and all(s.status == success for s in services)
             )
             if services:
-                detail = "; ".join(f"{_short(s.url)}: {s.status.name}" for s in services)
+                detail = self._mask(
+                    "; ".join(f"{_short(s.url)}: {s.status.name}" for s in services)
+                )
                 if any(s.status == apprise.AppriseResultStatus.TIMEOUT for s in services):
                     detail = f"timed out after {timeout:g}s: {detail}"
             else:

@@ -36,6 +36,7 @@ import json
 import random
 import signal
 import socket
+import ssl
 import string
 import sys
 import threading
@@ -810,8 +811,13 @@ class Simulator:
             raise RuntimeError("the simulator is not started; call start() first")
         return self._url
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port (0: any free port); returns once connections are accepted."""
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on host:port (0: any free port); returns once connections are accepted.
+
+        With `ssl_context` (a server-side context holding a certificate) it serves HTTPS.
+        """
         if self._server is not None:
             raise RuntimeError("the simulator is already started")
         server_class: type[_Server] = _Server
@@ -823,11 +829,20 @@ class Simulator:
             server_class = _Server6
         server = server_class((host, port), _Handler)  # binds and listens
         server.sim = self
+        if ssl_context is not None:
+            # The handshake happens in the handler's thread (see _Handler.handle): done on
+            # accept, one client that never finishes it would stall every other.
+            server.socket = ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._stopping.clear()
         self._server = server
         bound_port = server.server_address[1]
+        scheme = "http" if ssl_context is None else "https"
         self._url = (
-            f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
+            f"{scheme}://[{host}]:{bound_port}"
+            if ":" in host
+            else f"{scheme}://{host}:{bound_port}"
         )
         # A short poll interval: shutdown() waits for serve_forever's next look at the flag.
         self._thread = threading.Thread(
@@ -1086,6 +1101,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._sim._track(self.connection, False)
         super().finish()
 
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except OSError:  # ssl.SSLError too: a client that does not trust the certificate
+                return
+        super().handle()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Silence http.server's stderr access log; requests_log() has the same facts."""
 
@@ -1134,7 +1157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
     parser.add_argument("--runs", type=int, default=500, help="runs in the seeded population")
-    parser.add_argument("--active", type=int, default=20, help="of which not finished")
+    parser.add_argument(
+        "--active",
+        type=int,
+        default=None,
+        help="of which not finished (default 20, at most --runs)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the population")
     parser.add_argument("--org", default=SIM_ORG, help="organization id")
     parser.add_argument("--secret-key", default=None, help="secret key (default: from the seed)")
@@ -1201,7 +1229,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         sim = Simulator(
             runs=args.runs,
-            active=args.active,
+            # Only an explicit --active above --runs is an error; the default shrinks to fit.
+            active=args.active if args.active is not None else min(20, max(args.runs, 0)),
             seed=args.seed,
             organization_id=args.org,
             secret_key=args.secret_key,

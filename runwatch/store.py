@@ -20,16 +20,19 @@ notification lost), calls serialised by a lock so the daemon may call from a wor
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
+import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import structlog
@@ -44,6 +47,7 @@ APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files
 RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
 BUSY_TIMEOUT_MS = 5_000
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free than this is taken for a full disk
 
 # Each migration is a list of statements applied in one transaction together with the
 # user_version bump, so a crash mid-migration leaves the previous version intact.
@@ -229,32 +233,58 @@ def _run_params(run: RunState) -> RunRow:
     )
 
 
+def _interned(value: str | None) -> str | None:
+    return None if value is None else sys.intern(value)
+
+
+_SHARED_MESSAGES: dict[str, str] = {}  # as in decode: the first 4096 distinct ones
+
+
+def _shared_message(value: str | None) -> str | None:
+    if value is None:
+        return None
+    shared = _SHARED_MESSAGES.get(value)
+    if shared is None:
+        shared = value
+        if len(_SHARED_MESSAGES) < 4096:
+            _SHARED_MESSAGES[value] = value
+    return shared
+
+
+@functools.lru_cache(maxsize=4096)
+def _attributes(text: str) -> Mapping[str, str]:
+    # Runs with the same attribute set share one read-only mapping, as decoded ones do.
+    return MappingProxyType({sys.intern(k): sys.intern(v) for k, v in json.loads(text).items()})
+
+
 def _run_from_row(row: RunRow) -> RunState:
+    # The names that repeat across 100,000 runs (condition, status, flow, project) are
+    # interned and messages shared, as decoding does: else each row brings its own copies.
     (org, run_id, cond, status, ltt, reason, message, created) = row[:8]
     (last_updated, flow, project, etag, run_log, killed_at, attributes) = row[8:]
     latest = (
         None
         if cond is None
         else Condition(
-            condition=cond,
-            status=status,
+            condition=sys.intern(cond),
+            status=sys.intern(status),
             last_transition_time=ltt,
-            reason=reason,
-            message=message,
+            reason=_interned(reason),
+            message=_shared_message(message),
         )
     )
     return RunState(
-        organization_id=org,
+        organization_id=sys.intern(org),
         run_id=run_id,
         latest=latest,
         time_created=created,
-        last_updated=last_updated,
-        flow_name=flow,
-        training_project=project,
+        last_updated=ltt if last_updated == ltt else last_updated,  # one int for both
+        flow_name=_interned(flow),
+        training_project=_interned(project),
         etag=etag,
         log=run_log,
         killed_at=killed_at,
-        attributes=json.loads(attributes) if attributes else {},
+        attributes=_attributes(attributes) if attributes else {},
     )
 
 
@@ -307,11 +337,24 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _out_of_space(error: sqlite3.Error, path: Path) -> bool:
+    name = getattr(error, "sqlite_errorname", "")
+    if name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"):  # (the -shm file could not grow)
+        return True
+    # Other writes that hit ENOSPC surface as a bare "disk I/O error": look at the disk.
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in str(error).lower():
+        try:
+            return shutil.disk_usage(path.parent).free < LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
+
+
 def _store_error(error: sqlite3.Error, path: Path, doing: str) -> StoreError:
     """Translate a sqlite3 error into what the operator should do about it."""
     text = str(error)
     lowered = text.lower()
-    if "disk is full" in lowered or getattr(error, "sqlite_errorname", "") == "SQLITE_FULL":
+    if "disk is full" in lowered or _out_of_space(error, path):
         return StoreError(
             f"the disk holding the state database {path} is full: {doing} failed and "
             "nothing of it was written; free some space (runwatch keeps going and retries)"
@@ -548,7 +591,6 @@ class Store:
                     f"run {run.run_id} of organization {run.organization_id} in a commit "
                     f"for organization {org}"
                 )
-        run_params = [_run_params(run) for run in commit.upserts]
         with self._transaction(f"recording the poll of {org}") as tx:
             tx.execute(
                 "INSERT INTO workspaces (organization_id, baselined_at, last_full_listing, "
@@ -564,11 +606,13 @@ class Store:
                     now,
                 ),
             )
-            if run_params:
+            if commit.upserts:
+                # Rows made one at a time as SQLite takes them: a baseline of 100,000 runs
+                # does not hold 100,000 parameter tuples at once.
                 tx.executemany(
                     f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    run_params,
+                    (_run_params(run) for run in commit.upserts),
                 )
             if commit.deleted:
                 tx.executemany(
@@ -603,7 +647,7 @@ class Store:
         log.debug(
             "store.commit",
             organization_id=org,
-            upserts=len(run_params),
+            upserts=len(commit.upserts),
             deleted=len(commit.deleted),
             events=len(commit.events) - len(recorded),
             outbox=inserted,

@@ -4,6 +4,7 @@ Every HTTP attempt is translated at this edge into the `ViError` tree (see `erro
 each call goes through the `RetryPolicy`, which retries only what is not `.permanent`:
 
     transport error, dropped connection   -> ViTransportError     retried
+    TLS certificate it cannot verify      -> ViTransportError     permanent
     timeout (httpx's, or the attempt cap) -> ViTransportError     retried
     200 whose body is not JSON / the shape -> ViBadResponseError  retried
     429                                   -> ViRateLimitedError   retried, Retry-After honoured
@@ -23,7 +24,7 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import Literal
 from urllib.parse import quote
@@ -158,7 +159,9 @@ class ViClient:
 
         return await self._retry.call(attempt, what=f"list {self.organization_id}")
 
-    async def list_runs(self, page_size: int, *, max_pages: int = 10_000) -> AsyncIterator[Page]:
+    async def list_runs(
+        self, page_size: int, *, max_pages: int = 10_000
+    ) -> AsyncGenerator[Page, None]:
         """Every page from page 1. Raises rather than end early: a repeated page token or a
         listing longer than `max_pages` is a ViBadResponseError, never an endless loop, and
         any exception means the listing as a whole failed (the pages before it are partial).
@@ -249,6 +252,16 @@ class ViClient:
                 ViBadResponseError, f"the Vi API sent an undecodable body {what}: {exc}"
             ) from exc
         except httpx.RequestError as exc:
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                error = self._error(
+                    ViTransportError,
+                    f"the Vi API at {self.endpoint} presented a TLS certificate that runwatch "
+                    f"cannot verify ({untrusted.verify_message}) while {what}; if it is "
+                    f"signed by a private CA, set tls.ca_bundle to that CA's PEM file",
+                )
+                error.permanent = True  # the same certificate fails the same way on a retry
+                raise error from exc
             raise self._error(
                 ViTransportError,
                 f"lost the connection to the Vi API at {self.endpoint} {what} "
@@ -358,6 +371,18 @@ class _Pace:
         due = max(self._due, now)
         self._due = due + self._interval
         return max(0.0, due - self._slack - now)
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a transport error, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _entity_tag(etag: str) -> str:
