@@ -57,12 +57,16 @@ def write_config(
                 "endpoint": sim.url,
             }
         ],
-        "poll": {"interval": "1s", "page_size": 10, "request_timeout": "2s", "max_attempts": 2,
-                 "max_retry_time": "5s"},
+        "poll": {
+            "interval": "1s",
+            "page_size": 10,
+            "request_timeout": "2s",
+            "max_attempts": 2,
+            "max_retry_time": "5s",
+        },
         "state": {"path": str(tmp_path / "state.db")},
         "channels": dict(channels),
-        "rules": rules
-        or [{"name": "all", "match": {}, "notify": sorted(channels)}],
+        "rules": rules or [{"name": "all", "match": {}, "notify": sorted(channels)}],
         "delivery": {"min_interval": "0s", "initial_backoff": "1s", "max_backoff": "1m"},
     }
     for key, value in sections.items():

@@ -23,8 +23,9 @@ async def test_it_sends_nothing_on_the_baseline_then_each_transition_once(
             assert len(daemon.known[sim.organization_id]) == 60
 
             run_id = sim.active_run_ids()[0]
-            sim.append_condition(run_id, "Failed", status="FailedReach", reason="OOM",
-                                 message="out of memory")
+            sim.append_condition(
+                run_id, "Failed", status="FailedReach", reason="OOM", message="out of memory"
+            )
             clock.advance(30)
             await daemon.poll_cycle()
             assert await daemon.deliver_once() == 1
