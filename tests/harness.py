@@ -7,7 +7,13 @@ injected, so tests move a clock instead of waiting.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +95,51 @@ def daemon_on(config_path: Path, clock: FakeClock | None = None) -> Iterator[Dae
             yield Daemon(config, store)
         else:
             yield Daemon(config, store, clock=clock, sleep=clock.sleep)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Poll `predicate` every 20 ms until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a `runwatch` subprocess left behind."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines of stderr (a config error adds one plain line for the operator)."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line.get("event") == name]
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without what would steer runwatch behind a test's back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNWATCH_", "NOTIFY_"))}
+    for name in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> Outcome:
+    """Run `python -m runwatch ARGS` to completion (`env`: the whole environment)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "runwatch", *args],
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)

@@ -13,18 +13,15 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from harness import Outcome, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -39,28 +36,10 @@ from runwatch.transitions import detect_transitions, state_of
 EX_CONFIG = 78
 
 
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines of stderr (the rest is the plain error text for the operator)."""
-        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-
 def check(path: Path) -> Outcome:
     """`runwatch check -c PATH --log-format json` in a clean environment holding only ENVIRON."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "runwatch", "check", "-c", str(path), "--log-format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**ENVIRON, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+    env = {**ENVIRON, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    return run_cli("check", "-c", str(path), "--log-format", "json", env=env, timeout=120)
 
 
 def assert_refused(out: Outcome, path: Path, expected: list[str], secrets: list[str]) -> None:

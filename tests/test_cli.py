@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from harness import write_config
+from harness import Outcome, cli_env, run_cli, write_config
 from receiver import Receiver
 
 from runwatch import __version__
@@ -27,20 +26,9 @@ SMTP_PASSWORD = "Sup3r-S3cret-SMTP"
 HEADER_TOKEN = "Bearer-hdr-7f3a9c21"
 
 
-def runwatch(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
+def runwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Outcome:
     """Run `python -m runwatch ARGS` to completion; RUNWATCH_CONFIG is unset unless in `env`."""
-    environ = {k: v for k, v in os.environ.items() if k != "RUNWATCH_CONFIG"}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "runwatch", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
+    return run_cli(*args, env=cli_env(env), timeout=timeout)
 
 
 def logged(stderr: str) -> list[dict[str, Any]]:
@@ -84,7 +72,7 @@ def test_it_checks_a_good_config_showing_channels_without_their_secrets(
         },
     )
     result = runwatch("check", "-c", str(cfg), "--log-format", "json")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "configuration OK" in result.stdout
     assert "channel ml-slack: slack://T...2/A...D/T...Q/" in result.stdout
     assert "mailtos://alerts:****@smtp.example.com" in result.stdout
@@ -106,7 +94,7 @@ def test_it_rejects_a_bad_config_with_status_78_naming_each_key_path(
         poll={"interval": "soon"},
     )
     result = runwatch("check", "-c", str(cfg), "--log-format", "json")
-    assert result.returncode == 78
+    assert result.code == 78
     assert "Traceback" not in result.stderr
     assert "rules[0].notify[1]: unknown channel 'nowhere'" in result.stderr
     assert "poll.interval: 'soon' is not a duration" in result.stderr
@@ -118,7 +106,7 @@ def test_it_rejects_a_bad_config_with_status_78_naming_each_key_path(
 def test_it_exits_2_when_no_config_is_given(tmp_path: Path) -> None:
     """Without -c and without $RUNWATCH_CONFIG a command is a usage error, exit status 2."""
     result = runwatch("check", "--log-format", "json")
-    assert result.returncode == 2
+    assert result.code == 2
     assert "RUNWATCH_CONFIG" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -126,7 +114,7 @@ def test_it_reads_the_config_path_from_the_environment(tmp_path: Path, sim: Simu
     """$RUNWATCH_CONFIG stands in for -c."""
     cfg = write_config(tmp_path, sim, channels={"hook": "json://127.0.0.1:9/hook"})
     result = runwatch("check", "--log-format", "json", env={"RUNWATCH_CONFIG": str(cfg)})
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert f"state: {tmp_path / 'state.db'}" in result.stdout
     assert "configuration OK" in result.stdout
 
@@ -139,14 +127,14 @@ def test_it_records_a_silent_baseline_then_delivers_on_the_next_once(
     cfg = write_config(tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")})
 
     first = runwatch("once", "-c", str(cfg), "--log-format", "json")
-    assert first.returncode == 0, first.stderr
+    assert first.code == 0, first.stderr
     assert "prod: baseline poll ok; 0 event(s)" in first.stdout
     [baseline] = [e for e in json_only(first.stderr) if e["event"] == "baseline.recorded"]
     assert baseline["runs"] == 26 and baseline["notified"] == 0
 
     sim.append_condition(run_id, "Error", reason="WorkerLost", message="node stopped answering")
     second = runwatch("once", "-c", str(cfg), "--log-format", "json")
-    assert second.returncode == 0, second.stderr
+    assert second.code == 0, second.stderr
     assert "1 event(s)" in second.stdout and "delivered 1; 0 pending" in second.stdout
     [msg] = receiver.wait_for(1)
     assert run_id in msg["title"] and "WorkerLost" in msg["message"]
@@ -159,12 +147,12 @@ def test_it_prints_what_a_dry_run_would_send_and_changes_nothing(
     """`once --dry-run` shows the message, sends nothing, leaves the state for the real `once`."""
     run_id = sim.create_run(condition="Running")
     cfg = write_config(tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")})
-    assert runwatch("once", "-c", str(cfg), "--log-format", "json").returncode == 0
+    assert runwatch("once", "-c", str(cfg), "--log-format", "json").code == 0
     sim.append_condition(run_id, "Failed", reason="TrainingDiverged", message="Loss became NaN")
     before = snapshot(tmp_path / "state.db")
 
     dry = runwatch("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
-    assert dry.returncode == 0, dry.stderr
+    assert dry.code == 0, dry.stderr
     assert "1 message(s) would be sent" in dry.stdout
     assert "--> hook [failure] " in dry.stdout
     assert run_id in dry.stdout and "TrainingDiverged" in dry.stdout
@@ -173,7 +161,7 @@ def test_it_prints_what_a_dry_run_would_send_and_changes_nothing(
     assert receiver.requests == []
 
     real = runwatch("once", "-c", str(cfg), "--log-format", "json")
-    assert real.returncode == 0, real.stderr
+    assert real.code == 0, real.stderr
     [msg] = receiver.wait_for(1)
     assert run_id in msg["title"] and "TrainingDiverged" in msg["message"]
 
@@ -189,7 +177,7 @@ def test_it_reports_each_channel_of_notify_test_and_exits_1_if_one_fails(
     )
     receiver.set_mode("fail", "/bad")
     failed = runwatch("notify-test", "-c", str(cfg), "--log-format", "json")
-    assert failed.returncode == 1, failed.stderr
+    assert failed.code == 1, failed.stderr
     lines = failed.stdout.splitlines()
     assert any(line.startswith("good: OK") for line in lines)
     assert any(line.startswith("bad: FAILED") for line in lines)
@@ -198,12 +186,12 @@ def test_it_reports_each_channel_of_notify_test_and_exits_1_if_one_fails(
 
     receiver.set_mode("ok", "/bad")
     passed = runwatch("notify-test", "-c", str(cfg), "--log-format", "json")
-    assert passed.returncode == 0, passed.stderr
+    assert passed.code == 0, passed.stderr
     assert sorted(line.split(":")[0] for line in passed.stdout.splitlines()) == ["bad", "good"]
     assert sorted(m["path"] for m in receiver.received) == ["/bad", "/good", "/good"]
 
     only = runwatch("notify-test", "-c", str(cfg), "bad", "--log-format", "json")
-    assert only.returncode == 0 and only.stdout.startswith("bad: OK")
+    assert only.code == 0 and only.stdout.startswith("bad: OK")
     assert len(receiver.received) == 4
 
 
@@ -211,10 +199,10 @@ def test_it_lists_the_tracked_runs_as_a_table(tmp_path: Path, sim: Simulator) ->
     """`runs` prints workspace, run, flow, condition and since for every run in the state."""
     run_id = sim.create_run(condition="Running", flow="qwen-vl-finetune")
     cfg = write_config(tmp_path, sim, channels={"hook": "json://127.0.0.1:9/hook"}, name="lab")
-    assert runwatch("once", "-c", str(cfg), "--log-format", "json").returncode == 0
+    assert runwatch("once", "-c", str(cfg), "--log-format", "json").code == 0
 
     result = runwatch("runs", "-c", str(cfg), "--log-format", "json")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     header, *rows = result.stdout.split("\n\n")[0].splitlines()
     assert header.split() == ["WORKSPACE", "RUN", "FLOW", "CONDITION", "SINCE"]
     assert len(rows) == 26 and "26 run(s) tracked" in result.stdout
@@ -240,7 +228,7 @@ def test_it_accepts_debug_json_logging_on_every_config_command(
     cfg = write_config(tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")})
     args = ("-c", str(cfg), "--log-level", "debug", "--log-format", "json")
     result = runwatch(command, *args)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     events = json_only(result.stderr)
     assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
     assert any(e["level"] == "debug" for e in events) == logs_debug
@@ -339,5 +327,5 @@ def test_it_accepts_debug_json_logging_on_demo_and_stops_on_ctrl_c() -> None:
 def test_it_prints_its_version() -> None:
     """`python -m runwatch --version` prints the package version and exits 0."""
     result = runwatch("--version")
-    assert result.returncode == 0
+    assert result.code == 0
     assert result.stdout.strip() == f"runwatch {__version__}"

@@ -46,13 +46,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import write_config
+from harness import wait_until, write_config
 from receiver import Receiver
 
 from runwatch.model import CANCELLED, ERROR, FAILED, PENDING, RUNNING, SUCCEEDED
@@ -77,15 +76,6 @@ DEADLINE_S = 20.0  # for any one thing to happen
 long_only = pytest.mark.skipif(
     os.environ.get("RUNWATCH_LONG_TESTS") != "1", reason="long variant: RUNWATCH_LONG_TESTS=1"
 )
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    """Return once `predicate()` holds, checking every 20 ms; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class SlowReceiver(Receiver):
@@ -276,11 +266,15 @@ def kill_at(
     """Wait for the moment named `point` (see the module docstring) and SIGKILL the daemon."""
     if point == "requests":
         target = sim.request_count() + rng.randint(1, 12)
-        wait_until(lambda: sim.request_count() >= target, "API requests")
+        wait_until(lambda: sim.request_count() >= target, what="API requests", timeout=DEADLINE_S)
     elif point == "slow-poll":
         sim.inject(Fault(kind="slow", delay=rng.uniform(0.2, 0.6), endpoint="list"))
         before = sim.request_count("list")
-        wait_until(lambda: sim.request_count("list") > before, "a held listing request")
+        wait_until(
+            lambda: sim.request_count("list") > before,
+            what="a held listing request",
+            timeout=DEADLINE_S,
+        )
     elif point == "started":
         daemon.wait_for("daemon.started")
     elif point == "committed":
@@ -289,7 +283,9 @@ def kill_at(
         receiver.delay = rng.uniform(0.2, 0.5)
         receiver.keep_held = point == "in-flight-kept"
         before = receiver.arrivals
-        wait_until(lambda: receiver.arrivals > before, "a message arriving")
+        wait_until(
+            lambda: receiver.arrivals > before, what="a message arriving", timeout=DEADLINE_S
+        )
     elif point == "sent":
         daemon.wait_for("delivery.sent")
     else:
@@ -329,7 +325,11 @@ def crash_over_and_over(tmp_path: Path, *, kills: int, seed: int) -> None:
             return [final for final in finals if final not in got]
 
         try:
-            wait_until(lambda: not finals_missing(), "every run's final condition to arrive")
+            wait_until(
+                lambda: not finals_missing(),
+                what="every run's final condition to arrive",
+                timeout=DEADLINE_S,
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; still missing: {finals_missing()}") from None
         assert last.stop() == 0

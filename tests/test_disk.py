@@ -34,12 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FakeClock, write_config
+from harness import FakeClock, Outcome, cli_env, run_cli, wait_until, write_config
 from receiver import Receiver
 
 from runwatch.config import load_config
@@ -51,51 +50,13 @@ COMMANDS: tuple[tuple[str, ...], ...] = (("once",), ("once", "--dry-run"), ("run
 HUGE_MESSAGE = "out of memory; " + "x" * 120_000  # ~30 overflow pages in each of three tables
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one `runwatch` subprocess did: exit status, stdout, stderr."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines of stderr."""
-        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.logs if line.get("event") == name]
-
-
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNWATCH_", "NOTIFY_"))}
-    env.pop("STATE_DIRECTORY", None)
-    return env
-
-
 def runwatch(config: Path, *args: str, timeout: float = 60.0) -> Outcome:
     """Run `python -m runwatch ARGS -c CONFIG --log-format json` to completion."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "runwatch", *args, "-c", str(config), "--log-format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-    )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(*args, "-c", str(config), "--log-format", "json", timeout=timeout)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -26,10 +26,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import pytest
 import yaml
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from harness import wait_until
 from receiver import Receiver
 from test_email import LoopbackController, Mailbox
 
@@ -111,14 +111,6 @@ def smtp() -> Iterator[tuple[Mailbox, SmtpAuth, int]]:
         yield mailbox, auth, controller.port
     finally:
         controller.stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Scenario:

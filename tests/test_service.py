@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import FakeClock, daemon_on, write_config
+from harness import FakeClock, daemon_on, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
 from structlog.testing import capture_logs
@@ -40,15 +40,6 @@ from runwatch.store import Store
 
 Datagram = dict[str, str]
 WAIT = 15.0  # seconds a test waits for a condition before it fails
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    """Poll `predicate` every 20 ms until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 async def async_wait_until(

@@ -9,18 +9,15 @@ bundle of another CA does not); `tls: {verify: false}` makes it work and logs a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import write_config
+from harness import Outcome, cli_env, run_cli, write_config
 
 from runwatch.errors import ViTransportError
 from runwatch.simulator import Simulator
@@ -98,31 +95,14 @@ def https_sim(pki: Pki) -> Iterator[Simulator]:
         sim.stop()
 
 
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        lines = [json.loads(x) for x in self.stderr.splitlines() if x.startswith("{")]
-        return [x for x in lines if x.get("event") == name]
-
-
 def runwatch(config: Path, *args: str) -> Outcome:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNWATCH_", "NOTIFY_"))}
+    env = cli_env()
     # Only the configuration decides what is trusted: no CA from the environment.
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "runwatch", *args, "-c", str(config), "--log-format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert "Traceback" not in proc.stdout + proc.stderr
-    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+    out = run_cli(*args, "-c", str(config), "--log-format", "json", env=env)
+    assert "Traceback" not in out.stdout + out.stderr
+    return out
 
 
 def test_it_serves_the_simulator_over_https(https_sim: Simulator, pki: Pki) -> None:
