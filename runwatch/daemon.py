@@ -33,6 +33,7 @@ from runwatch.retry import RetryPolicy
 from runwatch.sdnotify import Notifier
 from runwatch.store import OutboxItem, PollCommit, Store
 from runwatch.vi_client import ViClient
+from runwatch.waiting import wait_any
 
 log = structlog.get_logger("runwatch.daemon")
 
@@ -449,7 +450,7 @@ class Daemon:
                 self.heartbeat.polling = False
                 cycle.result()  # a StoreError of a commit fails its poll only; others end it
                 remaining = self.config.poll.interval - (time.monotonic() - started)
-                await _wait_any(stop, reload_requested, timeout=max(0.0, remaining))
+                await wait_any(stop, reload_requested, timeout=max(0.0, remaining))
         finally:
             self.notifier.stopping()
             log.info("daemon.stopping")
@@ -490,16 +491,7 @@ class Daemon:
                 log.error(
                     "watchdog.stalled", stalled_s=round(time.monotonic() - self.heartbeat.last)
                 )
-            await _wait_any(stop, timeout=interval)
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+            await wait_any(stop, timeout=interval)
 
 
 def _settle_heap() -> None:
@@ -529,5 +521,3 @@ def _load_json(text: str | None) -> object:
     except ValueError:
         return None
 
-
-__all__ = ["Daemon", "PollReport", "StoreError"]

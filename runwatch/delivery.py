@@ -34,6 +34,7 @@ import structlog
 from runwatch.config import DeliveryConfig, url_secrets
 from runwatch.errors import ConfigError, StoreError
 from runwatch.store import OutboxRow, Store
+from runwatch.waiting import wait_any
 
 log = structlog.get_logger("runwatch.delivery")
 
@@ -402,17 +403,7 @@ class Deliverer:
             except StoreError as e:
                 # The store may recover (disk space freed); the rows are safe in it meanwhile.
                 log.error("delivery.store_failed", error=str(e), retry_in=STORE_RETRY)
-                await _wait_any((stop,), STORE_RETRY)
+                await wait_any(stop, timeout=STORE_RETRY)
                 continue
             delay = self.next_due_in()
-            await _wait_any((stop, wake), MAX_IDLE if delay is None else min(delay, MAX_IDLE))
-
-
-async def _wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
-    """Return when any of `events` is set or `timeout` seconds have passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+            await wait_any(stop, wake, timeout=MAX_IDLE if delay is None else min(delay, MAX_IDLE))
