@@ -22,6 +22,7 @@ from runwatch.poller import PollPlan, choose_kind, poll_workspace
 from runwatch.render import flavour_for, sample_events
 from runwatch.sdnotify import Notifier
 from runwatch.store import Store
+from runwatch.writer_lock import writer_lock
 
 log = structlog.get_logger("runwatch.commands")
 
@@ -44,7 +45,7 @@ def run(config: Config, config_path: Path) -> int:
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
-        with Store.open(config.state.path) as store:
+        with Store.open(config.state.path) as store, writer_lock(config.state.path):
             daemon = Daemon(config, store, notifier=Notifier())
             server = None
             if config.http is not None:
@@ -80,20 +81,25 @@ def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> 
         with Store.open(config.state.path) as store:
             if dry_run:
                 return await _dry_run(config, store, out)
-            daemon = Daemon(config, store)
-            try:
-                reports = await daemon.poll_cycle()
-                sent = await daemon.deliver_once()
-            finally:
-                await daemon.aclose()
-            stats = store.outbox_stats(daemon._now_ms())
-            for r in reports:
-                state = "ok" if r.ok else f"FAILED: {r.error}"
-                print(f"{r.workspace}: {r.kind} poll {state}; {r.events} event(s)", file=out)
-            print(f"delivered {sent}; {stats.pending} pending", file=out)
-            return 0 if all(r.ok for r in reports) else 1
+            with writer_lock(config.state.path):
+                return await _once(config, store, out)
 
     return asyncio.run(main())
+
+
+async def _once(config: Config, store: Store, out: TextIO) -> int:
+    daemon = Daemon(config, store)
+    try:
+        reports = await daemon.poll_cycle()
+        sent = await daemon.deliver_once()
+    finally:
+        await daemon.aclose()
+    stats = store.outbox_stats(daemon._now_ms())
+    for r in reports:
+        state = "ok" if r.ok else f"FAILED: {r.error}"
+        print(f"{r.workspace}: {r.kind} poll {state}; {r.events} event(s)", file=out)
+    print(f"delivered {sent}; {stats.pending} pending", file=out)
+    return 0 if all(r.ok for r in reports) else 1
 
 
 async def _dry_run(config: Config, store: Store, out: TextIO) -> int:
