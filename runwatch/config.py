@@ -1,42 +1,38 @@
 """The configuration file: its typed shape, and loading it with every error named.
 
-Theory: the file is composed into YAML nodes (never constructed blindly), walked once into
-plain values while a map from key path to line is kept, `${VAR}` references are replaced in
-string scalars, and then every section is checked against the shapes below. Every problem
-is collected, none stops the others, and the result is one `ConfigError` naming each key
-path and line, or a `Config` that the rest of runwatch can trust without checking again.
+Theory: `yaml_document` turns the file into plain values, with the line of every key path
+and `${VAR}` references replaced; then every section is checked against the shapes below.
+Every problem is collected, none stops the others, and the result is one `ConfigError`
+naming each key path and line, or a `Config` that the rest of runwatch can trust without
+checking again.
 
 Secrets (secret keys, passwords and tokens inside Apprise URLs) never appear in an error
-message: URLs are shown in Apprise's privacy form, and every message is scrubbed of every
-secret found before it is raised.
+message: URLs are checked and shown through `apprise_urls`, and every message is scrubbed
+of every secret found before it is raised.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import ipaddress
-import logging
 import math
 import os
 import pwd
 import re
 import stat
-import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-
+from runwatch.apprise_urls import private_url, url_problem, url_secrets
+from runwatch.durations import format_duration, parse_duration
 from runwatch.errors import ConfigError
 from runwatch.model import EventKind
 from runwatch.render import validate_template
 from runwatch.rules import Match, Rule
+from runwatch.yaml_document import FROM_ENV, Document, Problems, compose
 
 DEFAULT_ENDPOINT = "https://api.vi.datature.com"
 
@@ -181,68 +177,6 @@ def parse_config(
     )
 
 
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)")
-_UNIT_SECONDS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-_UNIT_ORDER = ("d", "h", "m", "s", "ms")
-_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds in `value`: "30s", "15m", "2h", "1d", "1h30m", "500ms", or a number of seconds.
-
-    Units must be written largest first, each at most once, so "30m1h" (a likely typo) is
-    refused rather than guessed at. Raises ValueError for anything else, negatives included.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a duration")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_duration_text(value)
-    else:
-        raise ValueError(f"{type(value).__name__} is not a duration")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be a finite number of seconds, not negative")
-    return seconds
-
-
-def _parse_duration_text(text: str) -> float:
-    if _NUMBER.fullmatch(text):
-        return float(text)
-    total, pos, last_unit = 0.0, 0, -1
-    while pos < len(text):
-        m = _DURATION_PART.match(text, pos)
-        if m is None:
-            if text[pos:].strip() == "":
-                break
-            raise ValueError(f"{text!r} is not a duration")
-        unit = _UNIT_ORDER.index(m.group(2))
-        if unit <= last_unit:
-            raise ValueError(f"{text!r}: write units largest first, each once (e.g. 1h30m)")
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos, last_unit = m.end(), unit
-    if last_unit < 0:
-        raise ValueError(f"{text!r} is not a duration")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of parse_duration for display: 90 -> "1m30s", 0.5 -> "500ms"."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    parts: list[str] = []
-    rest = seconds
-    for unit in ("d", "h", "m"):
-        n, rest = divmod(rest, _UNIT_SECONDS[unit])
-        if n:
-            parts.append(f"{int(n)}{unit}")
-    if rest:
-        parts.append(f"{rest:g}s")
-    return "".join(parts)
-
-
 def default_state_path(environ: Mapping[str, str]) -> Path:
     """Where the state database lives when `state.path` is not given.
 
@@ -308,281 +242,7 @@ def describe(config: Config) -> list[str]:
     return lines
 
 
-def private_url(url: str, *, secrets: Sequence[str] = ()) -> str:
-    """`url` as Apprise shows it with privacy on, custom headers and `secrets` masked too."""
-    apprise = _apprise()
-    try:
-        with _apprise_quiet():
-            service = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
-    except Exception:  # Apprise raises a mix of TypeError/ValueError subclasses
-        service = None
-    if service is None:
-        return _schema_only(url)
-    # Apprise masks tokens and passwords but not json/form/xml custom headers (+Name=value).
-    shown = _HEADER_VALUE.sub(r"\1=****", str(service.url(privacy=True)))
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            shown = shown.replace(secret, "****")
-    return shown
-
-
-# ----------------------------------------------------------------------------- YAML nodes
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_YAML = "tag:yaml.org,2002:"
-_PLAIN_TAGS: dict[type[Node], frozenset[str]] = {
-    MappingNode: frozenset({_YAML + "map"}),
-    SequenceNode: frozenset({_YAML + "seq"}),
-    # The scalars a configuration can hold; binary is not among them, and a date is text.
-    ScalarNode: frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp")),
-}
-_MAX_NODES = 200_000  # anchors and aliases can multiply a 1 MiB file into billions of nodes
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate mapping keys, which PyYAML silently lets win.
-
-    The duplicates are recorded (by key node) rather than raised, so they are reported
-    together with every other problem, each with its full key path.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: dict[int, int] = {}  # id(key node) -> line of the first occurrence
-
-    def compose_mapping_node(self, anchor: dict[Any, Node]) -> MappingNode:
-        node = super().compose_mapping_node(anchor)
-        first: dict[tuple[str, object], int] = {}
-        for key, _ in node.value:
-            if not isinstance(key, ScalarNode) or key.tag == _MERGE_TAG:
-                continue
-            ident = (key.tag, key.value)
-            if ident in first:
-                self.duplicates[id(key)] = first[ident]
-            else:
-                first[ident] = key.start_mark.line + 1
-        return node
-
-
-class _TooManyNodes(Exception):
-    pass
-
-
-@dataclass(kw_only=True)
-class _Document:
-    """The YAML turned into plain values, plus what the checks need to know about them."""
-
-    root: object
-    lines: dict[str, int]  # key path -> line (1-based)
-    substituted: set[str]  # paths of string scalars that contained ${...}
-    masked: dict[str, str]  # for those paths: the value with environment parts masked
-    env_values: dict[str, list[str]]  # for those paths: the values taken from the environment
-    broken: set[str]  # paths already reported (a failed ${VAR}): no further complaints
-
-
-def _compose(text: str, problems: _Problems, environ: Mapping[str, str]) -> _Document | None:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        problems.add(None, _yaml_error_text(exc), line=_mark_line(exc))
-        return None
-    except yaml.YAMLError as exc:
-        problems.add(None, _yaml_error_text(exc))
-        return None
-    finally:
-        loader.dispose()
-    doc = _Document(root=None, lines={}, substituted=set(), masked={}, env_values={}, broken=set())
-    if node is None:
-        return doc
-    budget = _MAX_NODES
-
-    def walk(node: Node, path: str) -> object:
-        nonlocal budget
-        budget -= 1
-        if budget < 0:
-            raise _TooManyNodes
-        if node.tag not in _PLAIN_TAGS[type(node)]:
-            # Never construct what an explicit tag asks for (`!!python/object`, `!!set`...).
-            line = node.start_mark.line + 1
-            problems.add(path or None, f"unsupported YAML tag {node.tag!r}", line=line)
-            doc.broken.add(path)
-            return None
-        if isinstance(node, MappingNode):
-            try:
-                loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
-            except yaml.MarkedYAMLError as exc:
-                problems.add(path, _yaml_error_text(exc), line=_mark_line(exc))
-                return {}
-            result: dict[str, object] = {}
-            for key_node, value_node in node.value:
-                line = key_node.start_mark.line + 1
-                if not isinstance(key_node, ScalarNode):
-                    problems.add(path or None, "a mapping key must be a plain name", line=line)
-                    continue
-                # Keys are names, kept as written: `on:` stays "on", not YAML 1.1's True.
-                key = str(key_node.value)
-                child = f"{path}.{key}" if path else key
-                if id(key_node) in loader.duplicates:
-                    # The first occurrence is the one checked; the repeat is only reported, as
-                    # walking it too would mix the two under one path.
-                    first = loader.duplicates[id(key_node)]
-                    problems.add(child, f"duplicate key {key!r} (first on line {first})", line=line)
-                    continue
-                doc.lines[child] = line
-                result[key] = walk(value_node, child)
-            return result
-        if isinstance(node, SequenceNode):
-            items: list[object] = []
-            for i, item in enumerate(node.value):
-                child = f"{path}[{i}]"
-                doc.lines[child] = item.start_mark.line + 1
-                items.append(walk(item, child))
-            return items
-        assert isinstance(node, ScalarNode)
-        if node.tag == _YAML + "timestamp":
-            return node.value  # no key holds a date; `2024-06-01` in a glob or name is text
-        try:
-            value = loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:  # e.g. `!!int abc`
-            problems.add(path or None, _yaml_error_text(exc), line=_mark_line(exc))
-            doc.broken.add(path)
-            return None
-        if isinstance(value, str) and "$" in value:
-            return substitute(value, path)
-        return value
-
-    def substitute(value: str, path: str) -> str:
-        sub = _substitute(value, environ)
-        if sub.references:
-            doc.substituted.add(path)
-            doc.masked[path] = sub.masked
-            doc.env_values[path] = sub.env_values
-        for error in sub.errors:
-            problems.add(path, error, line=doc.lines.get(path))
-            doc.broken.add(path)
-        return sub.value
-
-    try:
-        doc.root = walk(node, "")
-    except _TooManyNodes:
-        problems.add(None, f"the document expands to more than {_MAX_NODES} values (aliases?)")
-        return None
-    return doc
-
-
-def _yaml_error_text(exc: yaml.YAMLError) -> str:
-    # str(exc) quotes the offending source line, which may hold a secret: build our own text.
-    if isinstance(exc, yaml.MarkedYAMLError):
-        parts = [p for p in (exc.context, exc.problem) if p]
-        mark = exc.problem_mark or exc.context_mark
-        where = f", column {mark.column + 1}" if mark is not None else ""
-        return f"invalid YAML: {'; '.join(parts) or 'syntax error'}{where}"
-    if isinstance(exc, yaml.reader.ReaderError):
-        return (
-            f"invalid YAML: unacceptable character #x{exc.character:04x} at position {exc.position}"
-        )
-    return f"invalid YAML: {type(exc).__name__}"
-
-
-def _mark_line(exc: yaml.MarkedYAMLError) -> int | None:
-    mark = exc.problem_mark or exc.context_mark
-    return None if mark is None else mark.line + 1
-
-
-# ----------------------------------------------------------------------------- ${VAR}
-
-_REFERENCE = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-_FROM_ENV = "\0"  # stands for a value taken from the environment in `_Substitution.masked`
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Substitution:
-    value: str
-    masked: str  # `value` with each environment value replaced by _FROM_ENV (defaults kept)
-    env_values: list[str]
-    references: bool
-    errors: list[str]
-
-
-def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
-    """Replace ${VAR} and ${VAR:-default} (default when unset or empty, as in sh); $$ is $."""
-    out: list[str] = []
-    masked: list[str] = []
-    env_values: list[str] = []
-    errors: list[str] = []
-    references = False
-    pos = 0
-    for m in _REFERENCE.finditer(text):
-        out.append(text[pos : m.start()])
-        masked.append(text[pos : m.start()])
-        pos = m.end()
-        if m.group(0) == "$$":
-            out.append("$")
-            masked.append("$")
-            continue
-        references = True
-        body = m.group("body")
-        if body is None:
-            errors.append("unterminated '${' (write '$$' for a literal '$')")
-            pos = len(text)
-            break
-        name, has_default, default = body.partition(":-")
-        if not _VAR_NAME.fullmatch(name):
-            errors.append(f"'${{{name}...}}' is not a variable name (write '$$' for a literal '$')")
-            continue
-        value = environ.get(name)
-        if has_default and not value:
-            out.append(default)
-            masked.append(default)  # a default is written in the file itself
-        elif value is None:
-            errors.append(f"environment variable {name} is not set (or write ${{{name}:-default}})")
-        else:
-            out.append(value)
-            masked.append(_FROM_ENV)
-            env_values.append(value)
-    out.append(text[pos:])
-    masked.append(text[pos:])
-    return _Substitution(
-        value="".join(out),
-        masked="".join(masked),
-        env_values=env_values,
-        references=references,
-        errors=errors,
-    )
-
-
 # ----------------------------------------------------------------------------- checking
-
-
-class _Problems:
-    """Every problem found, each as "path: message (line N); hint", sorted by line at the end."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, int, str]] = []
-
-    def add(
-        self, path: str | None, message: str, *, line: int | None = None, hint: str | None = None
-    ) -> None:
-        text = f"{path}: {message}" if path else message
-        if line is not None:
-            text += f" (line {line})"
-        if hint:
-            text += f"; {hint}"
-        self.items.append((math.inf if line is None else line, len(self.items), text))
-
-    def texts(self, secrets: Sequence[str]) -> list[str]:
-        masked = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        out = []
-        for _, _, text in sorted(self.items):
-            for secret in masked:
-                text = text.replace(secret, "****")
-            out.append(text)
-        return out
-
 
 _MISSING = object()
 
@@ -608,7 +268,7 @@ def _kind(value: object) -> str:
 class _Checker:
     """Typed reads of the plain document, each reporting its problem with path and line."""
 
-    def __init__(self, doc: _Document, problems: _Problems) -> None:
+    def __init__(self, doc: Document, problems: Problems) -> None:
         self.doc = doc
         self.problems = problems
 
@@ -878,8 +538,8 @@ def _parse(
     file: Path | None,
     mode: int | None,
 ) -> Config:
-    problems = _Problems()
-    doc = _compose(text, problems, environ)
+    problems = Problems()
+    doc = compose(text, problems, environ)
     if doc is None:
         raise ConfigError(problems.texts(()), source=source)
     found = _Found()
@@ -902,7 +562,7 @@ def _parse(
 
 
 def _check(
-    doc: _Document,
+    doc: Document,
     check: _Checker,
     found: _Found,
     *,
@@ -1027,7 +687,7 @@ def _secret_key(
         if secret is None:
             return None
         secret = secret.strip()
-        if _FROM_ENV not in _as_written(check.doc, key_path, secret):
+        if FROM_ENV not in check.doc.as_written(key_path, secret):
             found.inline.append(key_path)
         return secret
     file_path = f"{path}.secret_key_file"
@@ -1171,14 +831,14 @@ def _channels(top: dict[str, object], check: _Checker, found: _Found) -> dict[st
         urls: list[str] = []
         for url_path, url in entries:
             url = url.strip()
-            secrets = _url_secrets(url)
+            secrets = url_secrets(url)
             found.secrets.extend(secrets)
             found.scrub.extend(check.doc.env_values.get(url_path, []))
             # A secret part of the URL written here, not taken from ${VAR}, is inline.
-            written = _url_secrets(_as_written(check.doc, url_path, url))
-            if any(_FROM_ENV not in secret for secret in written):
+            written = url_secrets(check.doc.as_written(url_path, url))
+            if any(FROM_ENV not in secret for secret in written):
                 found.inline.append(url_path)
-            error = _apprise_error(url)
+            error = url_problem(url)
             if error is not None:
                 check.fail(url_path, error)
             urls.append(url)
@@ -1436,153 +1096,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _as_written(doc: _Document, path: str, value: str) -> str:
-    """`value` (found at `path`) with every part that came from the environment masked."""
-    return doc.masked.get(path, value).strip()
-
-
-# Token-like: long, no spaces, from the characters of URL-safe tokens, and either mixing
-# letters with digits or long enough that a word is unlikely ("services", "channel" are not).
-_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+/=:%!]+")
-_HEADER_VALUE = re.compile(r"([?&](?:%2[Bb]|\+)[^=&]*)=[^&]*")
-
-
-def _looks_like_token(text: str) -> bool:
-    if len(text) < 8 or not _TOKEN_CHARS.fullmatch(text):
-        return False
-    mixed = any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
-    return mixed or len(text) >= 16
-
-
-def _url_secrets(url: str) -> list[str]:
-    """The parts of an Apprise URL that are probably credentials, for log redaction."""
-    _, sep, rest = url.partition("://")
-    if not sep:
-        return [url] if _looks_like_token(url) else []
-    head, _, query = rest.partition("?")
-    netloc, _, path = head.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    found: list[str] = []
-
-    def add(piece: str, *, always: bool = False) -> None:
-        for candidate in dict.fromkeys((piece, urllib.parse.unquote(piece))):
-            if candidate and (always or _looks_like_token(candidate)):
-                found.append(candidate)
-
-    if at:
-        user, colon, password = userinfo.partition(":")
-        add(user)
-        if colon:
-            add(password, always=True)
-    for piece in host.split(":"):
-        if "." not in piece:  # a DNS name or IP address is not a secret
-            add(piece)
-    for segment in path.split("/"):
-        add(segment)
-    for pair in query.split("&"):
-        # Not parse_qsl: it reads "+" as a space, and "+Name=value" is an Apprise header.
-        key, _, value = (urllib.parse.unquote(p) for p in pair.partition("="))
-        if key.startswith("+") and len(value) >= 8:
-            add(value, always=True)  # custom HTTP header: often "Authorization"
-            for word in value.split():
-                add(word)
-        else:
-            add(value)
-    return found
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of an Apprise URL that are probably credentials (to mask them anywhere)."""
-    return _url_secrets(url)
-
-
-def _schema_only(url: str) -> str:
-    schema, sep, _ = url.partition("://")
-    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", schema):
-        return "(not a URL)"
-    # A schema Apprise knows is safe to show; an unknown one only when it cannot be a token
-    # (a typo like "slak" helps the reader, a token pasted in the wrong place must not show).
-    if schema.lower() in _apprise().manager_plugins.NotificationManager() or not _looks_like_token(
-        schema
-    ):
-        return f"{schema}://…"
-    return "(not a URL)"
-
-
-def _apprise() -> Any:
-    # Imported on first use: it costs ~150 ms and 20 MiB, and pure callers never need it.
-    import apprise
-
-    return apprise
-
-
-_ASSET: list[Any] = []
-
-
-def _asset() -> Any:
-    # In-memory storage: as a library Apprise must never write files next to the daemon.
-    if not _ASSET:
-        _ASSET.append(_apprise().AppriseAsset(storage_mode="memory"))
-    return _ASSET[0]
-
-
-class _ThisThread(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.thread = threading.get_ident()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.thread != self.thread
-
-
-@contextlib.contextmanager
-def _apprise_quiet() -> Iterator[None]:
-    """Drop Apprise's log records from this thread only: they quote URLs with their tokens.
-
-    The loader reports each failure itself; other threads (deliveries running during a
-    reload) keep their logging.
-    """
-    logger = logging.getLogger("apprise")
-    quiet = _ThisThread()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
-
-
-def _apprise_error(url: str) -> str | None:
-    """None when Apprise can build a service from `url`, else why not (with no secret)."""
-    apprise = _apprise()
-    shown = _schema_only(url)
-    try:
-        with _apprise_quiet():
-            service = apprise.Apprise.instantiate(url, asset=_asset(), suppress_exceptions=False)
-    except Exception as exc:  # AppriseImproperlyConfigured, or a plugin's own TypeError
-        reason = _mask_url_parts(str(exc), url)
-        return f"Apprise cannot use {shown}: {reason}"
-    if service is None:
-        return f"Apprise cannot use {shown}: unknown service or malformed URL"
-    return None
-
-
-def _mask_url_parts(text: str, url: str) -> str:
-    """`text` (an Apprise error) with every piece of `url` that could be a token masked."""
-    _, _, rest = url.partition("://")
-    head, _, query = rest.partition("?")
-    pieces = set(re.split(r"[/:@#]", head))
-    pieces |= {pair.partition("=")[2] for pair in query.split("&")}  # values, not key names
-    pieces |= {urllib.parse.unquote(p) for p in pieces}
-    for piece in sorted(pieces, key=len, reverse=True):
-        if len(piece) >= 8:
-            text = text.replace(piece, "****")
-        elif len(piece) >= 3:
-            # Short pieces only as whole words: "T12" must not eat part of another word.
-            pattern = rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])"
-            text = re.sub(pattern, "****", text)
-    return text
 
 
 def _describe_match(match: Match) -> str:

@@ -520,4 +520,3 @@ def _load_json(text: str | None) -> object:
         return json.loads(text)
     except ValueError:
         return None
-

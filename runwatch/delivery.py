@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -31,7 +29,8 @@ from typing import Literal
 import apprise
 import structlog
 
-from runwatch.config import DeliveryConfig, url_secrets
+from runwatch.apprise_urls import make_asset, mask_secrets, redact, secret_forms, short_form
+from runwatch.config import DeliveryConfig
 from runwatch.errors import ConfigError, StoreError
 from runwatch.store import OutboxRow, Store
 from runwatch.waiting import wait_any
@@ -47,21 +46,6 @@ STORE_RETRY = 5.0  # seconds to wait after the store failed before the next pass
 # Apprise stops waiting at `timeout` and reports TIMEOUT; this margin on top of it lets that
 # report arrive before our own bound cancels the call.
 _TIMEOUT_GRACE = 1.0
-
-# Query parameters Apprise copies verbatim into its "privacy" URLs: +Header=value (HTTP
-# headers, often tokens), -param=value (query arguments) and :key=value (payload fields),
-# written plain or percent-encoded.
-_VERBATIM_PARAM = re.compile(r"([?&](?:\+|%2B|-|%2D|:|%3A)[^=&]*=)[^&]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """`url` (already in Apprise's privacy form) with header, argument and payload values masked."""
-    return _VERBATIM_PARAM.sub(r"\1****", url)
-
-
-def _short(url: str) -> str:
-    """A privacy URL without its query (Apprise's defaults, mostly): enough to name the target."""
-    return redact_url(url).partition("?")[0]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,17 +68,7 @@ class Channel:
         # Apprise's privacy form masks passwords and most tokens but shows some verbatim
         # (json:// and form:// keep the URL path, where webhook tokens live); what a detail
         # or a privacy URL still holds of these is masked before it is logged or stored.
-        self._secrets = sorted(
-            {
-                form
-                for url in urls
-                for secret in url_secrets(url)
-                for form in (secret, urllib.parse.quote(secret, safe=""))
-                if len(form) >= 4
-            },
-            key=len,
-            reverse=True,
-        )
+        self._secrets = secret_forms(urls)
         problems: list[str] = []
         for index, url in enumerate(urls):
             where = f"channels.{name}[{index}]"
@@ -125,14 +99,9 @@ class Channel:
         """The channel's URLs with their secrets masked, safe to print and log."""
         # NotifyBase.url is untyped in Apprise; it returns str.
         return [
-            self._mask(redact_url(service.url(privacy=True)))  # type: ignore[no-untyped-call]
+            redact(service.url(privacy=True), secrets=self._secrets)  # type: ignore[no-untyped-call]
             for service in self._apprise
         ]
-
-    def _mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
 
     async def send(self, title: str, body: str, notify_type: str, *, timeout: float) -> SendResult:
         """Send one message to every URL of the channel; ok only if every one succeeded.
@@ -167,8 +136,9 @@ class Channel:
                 and all(s.status == success for s in services)
             )
             if services:
-                detail = self._mask(
-                    "; ".join(f"{_short(s.url)}: {s.status.name}" for s in services)
+                detail = mask_secrets(
+                    "; ".join(f"{short_form(s.url)}: {s.status.name}" for s in services),
+                    self._secrets,
                 )
                 if any(s.status == apprise.AppriseResultStatus.TIMEOUT for s in services):
                     detail = f"timed out after {timeout:g}s: {detail}"
@@ -177,11 +147,6 @@ class Channel:
         finally:
             result.close()  # releases the temporary storage of the captured logs
         return SendResult(channel=self.name, ok=ok, detail=detail)
-
-
-def make_asset() -> apprise.AppriseAsset:
-    # Memory storage: a daemon must not write Apprise's persistent store next to itself.
-    return apprise.AppriseAsset(storage_mode="memory", app_id="runwatch", app_desc="runwatch")
 
 
 def build_channels(channels: Mapping[str, Sequence[str]]) -> dict[str, Channel]:

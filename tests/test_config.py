@@ -22,11 +22,10 @@ from runwatch.config import (
     WorkspaceConfig,
     default_state_path,
     describe,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
 )
+from runwatch.durations import format_duration, parse_duration
 from runwatch.errors import ConfigError
 from runwatch.rules import Match, Rule
 
