@@ -22,7 +22,7 @@ import pwd
 import re
 import stat
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -610,6 +610,50 @@ def _check(
     )
 
 
+def _named_entries(
+    top: dict[str, object],
+    section: str,
+    check: _Checker,
+    *,
+    what: str,
+    keys: Sequence[str],
+    required: Sequence[str],
+    plain_names: bool = False,
+) -> Iterator[tuple[str, dict[str, object], str | None]]:
+    """(path, mapping, name) of each usable entry of `section`, a list of at least one `what`.
+
+    An entry that is not a mapping of `keys` is reported and skipped; a name used before (or,
+    with `plain_names`, not made of letters, digits, '_', '.', '-') is reported. Lazy, so each
+    entry's problems are reported before those the caller then finds in it.
+    """
+    if section not in top:
+        return
+    value = top[section]
+    if not isinstance(value, list):
+        check.wrong_type(section, "a list", value)
+        return
+    if not value:
+        check.fail(section, f"must list at least one {what}")
+        return
+    first_seen: dict[str, str] = {}
+    for i, item in enumerate(value):
+        path = f"{section}[{i}]"
+        m = check.mapping(item, path, keys=keys, required=required)
+        if m is None:
+            continue
+        name = check.string(m, "name", path)
+        if name is not None:
+            if plain_names and not _NAME.fullmatch(name):
+                check.fail(f"{path}.name", f"{name!r} may only use letters, digits, '_', '.', '-'")
+            elif name in first_seen:
+                check.fail(
+                    f"{path}.name", f"duplicate {what} name {name!r}", f"also {first_seen[name]}"
+                )
+            else:
+                first_seen[name] = f"{path}.name"
+        yield path, m, name
+
+
 def _workspaces(
     top: dict[str, object],
     check: _Checker,
@@ -618,32 +662,17 @@ def _workspaces(
     environ: Mapping[str, str],
     base_dir: Path,
 ) -> list[WorkspaceConfig]:
-    value = top.get("workspaces")
-    if "workspaces" not in top:
-        return []
-    if not isinstance(value, list):
-        check.wrong_type("workspaces", "a list", value)
-        return []
-    if not value:
-        check.fail("workspaces", "must list at least one workspace")
-        return []
     result: list[WorkspaceConfig] = []
-    first_seen: dict[str, str] = {}
-    for i, item in enumerate(value):
-        path = f"workspaces[{i}]"
-        m = check.mapping(item, path, keys=_WORKSPACE_KEYS, required=("name", "organization_id"))
-        if m is None:
-            continue
-        name = check.string(m, "name", path)
-        if name is not None:
-            if not _NAME.fullmatch(name):
-                check.fail(f"{path}.name", f"{name!r} may only use letters, digits, '_', '.', '-'")
-            elif name in first_seen:
-                check.fail(
-                    f"{path}.name", f"duplicate workspace name {name!r}", f"also {first_seen[name]}"
-                )
-            else:
-                first_seen[name] = f"{path}.name"
+    entries = _named_entries(
+        top,
+        "workspaces",
+        check,
+        what="workspace",
+        keys=_WORKSPACE_KEYS,
+        required=("name", "organization_id"),
+        plain_names=True,
+    )
+    for path, m, name in entries:
         org = check.string(m, "organization_id", path)
         secret = _secret_key(m, path, check, found, environ=environ, base_dir=base_dir)
         endpoint = _endpoint(m, path, check, found)
@@ -852,30 +881,11 @@ def _rules(
     channels: Mapping[str, tuple[str, ...]],
     workspaces: Sequence[str],
 ) -> list[Rule]:
-    if "rules" not in top:
-        return []
-    value = top["rules"]
-    if not isinstance(value, list):
-        check.wrong_type("rules", "a list", value)
-        return []
-    if not value:
-        check.fail("rules", "must list at least one rule")
-        return []
     result: list[Rule] = []
-    first_seen: dict[str, str] = {}
-    for i, item in enumerate(value):
-        path = f"rules[{i}]"
-        m = check.mapping(item, path, keys=_RULE_KEYS, required=("name", "notify"))
-        if m is None:
-            continue
-        name = check.string(m, "name", path)
-        if name is not None:
-            if name in first_seen:
-                check.fail(
-                    f"{path}.name", f"duplicate rule name {name!r}", f"also {first_seen[name]}"
-                )
-            else:
-                first_seen[name] = f"{path}.name"
+    entries = _named_entries(
+        top, "rules", check, what="rule", keys=_RULE_KEYS, required=("name", "notify")
+    )
+    for path, m, name in entries:
         match = _match(m, path, check, workspaces)
         notify = _notify(m, path, check, channels) if "notify" in m else ()
         title = _template(m, "title", path, check)

@@ -1,4 +1,5 @@
-"""Shared test scaffolding: a fake clock, a config written for a simulator, a daemon on it.
+"""Shared test scaffolding: a fake clock, a config written for a simulator, a daemon on it,
+and `runwatch` as a subprocess (run to completion, or a `runwatch run` daemon to talk to).
 
 Everything here is real (simulator over loopback, SQLite file, Apprise); only time is
 injected, so tests move a clock instead of waiting.
@@ -11,10 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from signal import Signals
+from types import TracebackType
 from typing import Any
 
 import yaml
@@ -143,3 +147,129 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
         timeout=timeout,
     )
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+class DaemonProcess:
+    """`python -m runwatch run` in a subprocess; a thread reads its stderr as JSON log events.
+
+    Every stderr line lands in `stderr`; a JSON object with an "event" in `logs`, anything else
+    in `junk`. Waiting is on a condition the reader signals at each line and at the end of the
+    stream, so a wait ends as soon as the event is read or the daemon can write no more. As a
+    context manager it kills a daemon still running on exit, so a failed test leaves none.
+    """
+
+    def __init__(self, config: Path, *extra: str, env: Mapping[str, str] | None = None) -> None:
+        command = ["run", "-c", str(config), "--log-format", "json", *extra]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runwatch", *command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(env),
+        )
+        self._lines: list[str] = []
+        self._logs: list[dict[str, Any]] = []
+        self._junk: list[str] = []
+        self._ended = False  # stderr read to its end
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            with self._changed:
+                self._lines.append(line)
+                if isinstance(event, dict) and "event" in event:
+                    self._logs.append(event)
+                else:
+                    self._junk.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        """All of stderr read so far."""
+        with self._changed:
+            return "".join(self._lines)
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        with self._changed:
+            return list(self._logs)
+
+    @property
+    def junk(self) -> list[str]:
+        """The stderr lines that are not a JSON log event, newline removed."""
+        with self._changed:
+            return list(self._junk)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.logs if event["event"] == name]
+
+    def _names(self) -> list[str]:
+        return [event["event"] for event in self._logs]
+
+    def wait_for_event(
+        self, name: str, timeout: float = 20.0, *, count: int = 1, **fields: Any
+    ) -> dict[str, Any]:
+        """The `count`-th event called `name` whose fields match `fields` (a callable is a
+        predicate on the field's value); fails after `timeout` seconds or once the daemon
+        has exited without logging it."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [
+                event
+                for event in self._logs
+                if event["event"] == name
+                and all(
+                    want(event.get(key)) if callable(want) else event.get(key) == want
+                    for key, want in fields.items()
+                )
+            ]
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(matching()) >= count or self._ended, timeout):
+                raise AssertionError(
+                    f"no {name} {fields} (#{count}) within {timeout:g}s; logged: {self._names()}"
+                )
+            found = matching()
+        if len(found) < count:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5.0)
+            raise AssertionError(
+                f"runwatch exited ({self.proc.returncode}) before {name} {fields} (#{count}); "
+                f"logged: {self._names()}, and not as JSON: {self._junk}"
+            )
+        return found[count - 1]
+
+    def signal(self, sig: Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the daemon has exited and its stderr is read to the end."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return code
+
+    def kill(self, timeout: float = 20.0) -> int:
+        self.proc.kill()
+        return self.wait(timeout)
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.kill()  # a no-op signal for a daemon that has exited already

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from test_config_corpus import ENV_SECRETS, ENVIRON, FILES, header
+from test_decode import json_values, mutated
 
 from runwatch.config import MAX_CONFIG_BYTES
 from runwatch.decode import decode_page
@@ -97,72 +98,7 @@ KNOWN: dict[str, RunState] = {
 }
 NOW_MS = 1_900_000_000_000
 
-_KEYS = st.sampled_from(
-    [
-        "runId",
-        "status",
-        "conditions",
-        "condition",
-        "status",
-        "lastTransitionTime",
-        "reason",
-        "message",
-        "metadata",
-        "timeCreated",
-        "lastUpdated",
-        "spec",
-        "flow",
-        "name",
-        "attributes",
-        "etag",
-        "killedAt",
-        "log",
-    ]
-) | st.text(max_size=6)
-_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=10)
-    | st.sampled_from(["Failed", "Succeeded", "Quarantined", "", "Reached", "FailedReach"])
-)
-JSON = st.recursive(
-    _SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
-    max_leaves=12,
-)
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            found += _paths(inner, (*prefix, key))
-    elif isinstance(value, list):
-        for index, inner in enumerate(value):
-            found += _paths(inner, (*prefix, index))
-    return found
-
-
-@st.composite
-def mutated(draw: st.DrawFn, doc: dict[str, Any]) -> dict[str, Any]:
-    """`doc` with up to four parts deleted or replaced by arbitrary JSON."""
-    doc = copy.deepcopy(doc)
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        paths = [p for p in _paths(doc) if p != ("runId",) or draw(st.booleans())]
-        if not paths:
-            break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
-        if draw(st.booleans()):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(JSON)
-    return doc
+JSON = json_values(max_size=3, max_leaves=12)  # smaller than test_decode's: a page holds ten
 
 
 @st.composite
@@ -191,11 +127,11 @@ def item(draw: st.DrawFn) -> object:
     if kind == "progressed":
         return draw(progressed(base))
     if kind == "mutated":
-        return draw(mutated(draw(st.sampled_from([base, draw(progressed(base))]))))
+        return draw(mutated(draw(st.sampled_from([base, draw(progressed(base))])), JSON))
     if kind == "new":
         fresh = copy.deepcopy(base)
         fresh["runId"] = "run_new_" + draw(st.text("abcdef0123456789", min_size=1, max_size=4))
-        return draw(st.sampled_from([fresh, draw(mutated(fresh))]))
+        return draw(st.sampled_from([fresh, draw(mutated(fresh, JSON))]))
     return draw(JSON)
 
 

@@ -38,20 +38,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import wait_until, write_config
+from harness import DaemonProcess, wait_until, write_config
 from receiver import Receiver
 
 from runwatch.model import CANCELLED, ERROR, FAILED, PENDING, RUNNING, SUCCEEDED
@@ -102,78 +98,6 @@ class SlowReceiver(Receiver):
             self._closing.wait(delay)
             accepted = accepted and keep
         super()._record(message, accepted)
-
-
-class DaemonProcess:
-    """`runwatch run` in a subprocess; a thread reads its stderr as JSON log events."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runwatch", "run", "-c", str(config), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: list[dict[str, Any]] = []
-        self.junk: list[str] = []  # stderr lines that are not a JSON log event
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = None
-            with self._changed:
-                if isinstance(event, dict) and "event" in event:
-                    self.events.append(event)
-                else:
-                    self.junk.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def mark(self) -> int:
-        with self._changed:
-            return len(self.events)
-
-    def wait_for(self, what: str, since: int = 0, **fields: Any) -> dict[str, Any]:
-        """The first event named `what` logged after `since` whose fields match `fields`
-        (a callable field value is a predicate)."""
-
-        def find() -> dict[str, Any] | None:
-            for event in self.events[since:]:
-                if event["event"] == what and all(
-                    value(event.get(key)) if callable(value) else event.get(key) == value
-                    for key, value in fields.items()
-                ):
-                    return event
-            return None
-
-        with self._changed:
-            if not self._changed.wait_for(
-                lambda: find() is not None or self.proc.poll() is not None, DEADLINE_S
-            ):
-                raise AssertionError(f"no {what} {fields} within {DEADLINE_S:g}s")
-            found = find()
-        if found is None:
-            raise AssertionError(f"the daemon exited ({self.proc.returncode}) before {what}")
-        return found
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.finish()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.finish()
-
-    def finish(self) -> int:
-        code = self.proc.wait(timeout=DEADLINE_S)
-        self._reader.join(timeout=DEADLINE_S)
-        return code
 
 
 class Scenario:
@@ -276,9 +200,9 @@ def kill_at(
             timeout=DEADLINE_S,
         )
     elif point == "started":
-        daemon.wait_for("daemon.started")
+        daemon.wait_for_event("daemon.started", DEADLINE_S)
     elif point == "committed":
-        daemon.wait_for("poll.done", queued=lambda n: bool(n and n > 0))
+        daemon.wait_for_event("poll.done", DEADLINE_S, queued=lambda n: bool(n and n > 0))
     elif point in ("in-flight-kept", "in-flight-lost"):
         receiver.delay = rng.uniform(0.2, 0.5)
         receiver.keep_held = point == "in-flight-kept"
@@ -287,10 +211,10 @@ def kill_at(
             lambda: receiver.arrivals > before, what="a message arriving", timeout=DEADLINE_S
         )
     elif point == "sent":
-        daemon.wait_for("delivery.sent")
+        daemon.wait_for_event("delivery.sent", DEADLINE_S)
     else:
         raise AssertionError(point)
-    daemon.kill()
+    daemon.kill(DEADLINE_S)
     receiver.delay = 0.0
 
 
@@ -299,15 +223,15 @@ def crash_over_and_over(tmp_path: Path, *, kills: int, seed: int) -> None:
     points = [KILL_POINTS[i % len(KILL_POINTS)] for i in range(kills)]
     rng.shuffle(points)
     daemons: list[DaemonProcess] = []
-    with scene(tmp_path, seed) as (sim, receiver, config):
+    with scene(tmp_path, seed) as (sim, receiver, config), contextlib.ExitStack() as running:
 
         def start() -> DaemonProcess:
-            daemons.append(DaemonProcess(config(len(daemons))))
+            daemons.append(running.enter_context(DaemonProcess(config(len(daemons)))))
             return daemons[-1]
 
         scenario = Scenario(sim, rng)
         # Changes before the baseline is recorded belong to the baseline: start after it.
-        start().wait_for("baseline.recorded")
+        start().wait_for_event("baseline.recorded", DEADLINE_S)
         for i, point in enumerate(points):
             if i > 0:
                 scenario.step(rng.randint(0, 2))  # changes while no daemon runs
@@ -332,7 +256,8 @@ def crash_over_and_over(tmp_path: Path, *, kills: int, seed: int) -> None:
             )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; still missing: {finals_missing()}") from None
-        assert last.stop() == 0
+        last.signal(signal.SIGTERM)
+        assert last.wait(DEADLINE_S) == 0
         received = messages(receiver)
         tried = [(str(r["process"]), str(r["title"])) for r in receiver.requests]
         histories = {run_id: scenario.history(run_id) for run_id in scenario.runs}
@@ -354,7 +279,7 @@ def crash_over_and_over(tmp_path: Path, *, kills: int, seed: int) -> None:
     in_flight: list[set[str]] = []
     for process, daemon in enumerate(daemons[:-1]):
         sent_out = {title for p, title in tried if p == str(process)}
-        confirmed = {title_of_row[e["row"]] for e in daemon.events if e["event"] == "delivery.sent"}
+        confirmed = {title_of_row[e["row"]] for e in daemon.events("delivery.sent")}
         in_flight.append(sent_out - confirmed)
     assert all(len(titles) <= 1 for titles in in_flight), "two sends in flight on one channel"
 
@@ -374,7 +299,7 @@ def crash_over_and_over(tmp_path: Path, *, kills: int, seed: int) -> None:
     assert outbox == {"sent": len(counts)}
     assert tracked == latest
     assert [line for d in daemons for line in d.junk] == []
-    errors = [e for d in daemons for e in d.events if e.get("level") in ("error", "critical")]
+    errors = [e for d in daemons for e in d.logs if e.get("level") in ("error", "critical")]
     assert errors == []
 
 

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FakeClock, Outcome, cli_env, run_cli, wait_until, write_config
+from harness import DaemonProcess, FakeClock, Outcome, run_cli, write_config
 from receiver import Receiver
 
 from runwatch.config import load_config
@@ -330,80 +327,31 @@ def test_it_rides_out_a_full_filesystem_under_the_daemon(
             # to tell the admins that the API is down.
             alerts={"notify": ["admins"], "api_down_after": "200ms"},
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runwatch", "run", "-c", str(cfg), "--log-format", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        )
-        lines: list[dict[str, Any]] = []
-        reader = _LogReader(proc, lines)
-        try:
-            wait_until(lambda: _seen(lines, "baseline.recorded"), what="the baseline")
+        with DaemonProcess(cfg) as daemon:
+            daemon.wait_for_event("baseline.recorded")
             filler = fill(disk)
             run_id = sim.active_run_ids()[0]
             sim.append_condition(run_id, "Failed", reason="OOM", message=HUGE_MESSAGE)
-            wait_until(
-                lambda: _running(proc) and len(_full(lines)) >= 6,
-                what="six polls failing on the full disk",
-            )
+            daemon.wait_for_event("poll.failed", count=6, error=_says_full)
             assert receiver.requests == []
             filler.unlink()
             receiver.wait_for(1, timeout=20)
-            sent_polls = len([x for x in lines if x.get("event") == "poll.done"])
-            wait_until(
-                lambda: len([x for x in lines if x.get("event") == "poll.done"]) >= sent_polls + 3,
-                what="three more polls",
-            )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=20)
-            reader.join()
+            sent_polls = len(daemon.events("poll.done"))
+            daemon.wait_for_event("poll.done", count=sent_polls + 3)
+            daemon.signal(signal.SIGTERM)
+            code = daemon.wait(timeout=20)
     assert code == 0
-    assert "Traceback" not in reader.text
+    assert "Traceback" not in daemon.stderr
     [message] = receiver.received  # and nothing to the admins
     assert message["path"] == "/hook"
     assert run_id in message["message"] and "OOM" in message["message"]
-    full = _full(lines)[0]
+    full = daemon.wait_for_event("poll.failed", timeout=0, error=_says_full)
     assert str(db) in full["error"] and "free some space" in full["error"]
 
 
-class _LogReader:
-    """Reads a subprocess's stderr JSON lines into `lines` from a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str], lines: list[dict[str, Any]]) -> None:
-        self.text = ""
-        self._proc = proc
-        self._lines = lines
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.text += line
-            if line.startswith("{"):
-                self._lines.append(json.loads(line))
-
-    def join(self) -> None:
-        self._thread.join(timeout=10)
-
-
-def _running(proc: subprocess.Popen[str]) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"the daemon exited with status {proc.returncode}")
-    return True
-
-
-def _seen(lines: list[dict[str, Any]], event: str) -> bool:
-    return any(x.get("event") == event for x in lines)
-
-
-def _full(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        x for x in lines if x.get("event") == "poll.failed" and "is full" in str(x.get("error", ""))
-    ]
+def _says_full(error: object) -> bool:
+    """Whether a poll.failed event's error is the full disk."""
+    return "is full" in str(error or "")
 
 
 def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:

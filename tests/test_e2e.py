@@ -8,18 +8,15 @@ stop it with a signal.
 from __future__ import annotations
 
 import collections
-import json
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FakeClock, daemon_on, write_config
+from harness import DaemonProcess, FakeClock, daemon_on, write_config
 from receiver import Receiver
 
 from runwatch.daemon import Daemon
@@ -233,79 +230,14 @@ async def test_it_delivers_to_a_failing_channel_after_it_recovers_in_order(
 # --- `runwatch run` as a subprocess --------------------------------------------------------
 
 
-class JsonLog:
-    """Reads a process's stderr on a thread; every line must be a JSON log event."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.bad_lines: list[str] = []
-        self._changed = threading.Condition()
-        assert proc.stderr is not None
-        self._stream = proc.stderr
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self._stream:
-            with self._changed:
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    self.bad_lines.append(line)
-                self._changed.notify_all()
-
-    def names(self) -> list[str]:
-        with self._changed:
-            return [e.get("event", "") for e in self.events]
-
-    def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The first log event named `event`, once it has been written."""
-
-        def found() -> dict[str, Any] | None:
-            return next((e for e in self.events if e.get("event") == event), None)
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: found() is not None, timeout=timeout):
-                raise AssertionError(f"no {event!r} log event within {timeout}s: {self.names()}")
-            result = found()
-            assert result is not None
-            return result
-
-    def finish(self) -> None:
-        """Wait until the process's stderr is closed and read to the end."""
-        self._thread.join(timeout=10)
-
-
-def start_daemon(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runwatch",
-            "run",
-            "-c",
-            str(config),
-            "--log-level",
-            "debug",
-            "--log-format",
-            "json",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop_daemon(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, float]:
+def stop_daemon(daemon: DaemonProcess, sig: signal.Signals) -> tuple[int, float]:
     """Send `sig`; the exit status and the seconds it took to exit (killed after 20 s)."""
     started = time.monotonic()
-    proc.send_signal(sig)
+    daemon.signal(sig)
     try:
-        status = proc.wait(timeout=20)
+        status = daemon.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        daemon.kill()
         raise AssertionError(f"runwatch run ignored {sig.name} for 20 s") from None
     return status, time.monotonic() - started
 
@@ -323,25 +255,18 @@ def test_it_runs_as_a_process_delivers_and_stops_promptly_on_a_signal(
             channels={"hook": receiver.apprise_url("/hook")},
             poll={"interval": "200ms"},
         )
-        proc = start_daemon(cfg)
-        try:
-            log = JsonLog(proc)
-            assert log.wait_for("baseline.recorded")["runs"] == 31
+        with DaemonProcess(cfg, "--log-level", "debug") as daemon:
+            assert daemon.wait_for_event("baseline.recorded")["runs"] == 31
             sim.append_condition(run_id, "Failed", reason="TrainingDiverged", message="NaN loss")
             [msg] = receiver.wait_for(1, timeout=20)
-            status, seconds = stop_daemon(proc, sig)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        log.finish()
+            status, seconds = stop_daemon(daemon, sig)
 
     assert status == 0
     assert seconds < 5.0, f"took {seconds:.2f}s to stop"
     assert run_named(msg) == run_id and "TrainingDiverged" in msg["message"]
     assert len(receiver.received) == 1
-    assert log.bad_lines == []
-    assert log.wait_for("signal.received", timeout=0)["signal"] == sig.name
-    names = log.names()
+    assert daemon.junk == []
+    assert daemon.wait_for_event("signal.received", timeout=0)["signal"] == sig.name
+    names = [e["event"] for e in daemon.logs]
     assert names[-1] == "daemon.stopped" and "delivery.sent" in names
-    assert any(e["level"] == "debug" for e in log.events)  # --log-level debug took effect
+    assert any(e["level"] == "debug" for e in daemon.logs)  # --log-level debug took effect

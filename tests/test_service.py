@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,11 +20,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from harness import FakeClock, daemon_on, wait_until, write_config
+from harness import DaemonProcess, FakeClock, daemon_on, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
 from structlog.testing import capture_logs
@@ -109,84 +106,16 @@ def notify_socket() -> Iterator[NotifySocket]:
     sock.close()
 
 
-class RunwatchProcess:
-    """`python -m runwatch run` in a subprocess, its JSON log lines collected as they come."""
-
-    def __init__(self, config: Path, notify: NotifySocket | None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-        if notify is not None:
-            env.update(NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="200000")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runwatch", "run", "-c", str(config), "--log-format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self._lock = threading.Lock()
-        self._logs: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"event": "<not json>", "line": line.rstrip()}
-            with self._lock:
-                self._logs.append(entry)
-
-    @property
-    def logs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._logs)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.logs if e.get("event") == name]
-
-    def wait_log(self, name: str, count: int = 1, **fields: Any) -> dict[str, Any]:
-        """The `count`-th log event called `name` whose fields include `fields`."""
-
-        def matching() -> list[dict[str, Any]]:
-            return [e for e in self.events(name) if fields.items() <= e.items()]
-
-        wait_until(
-            lambda: len(matching()) >= count or self.proc.poll() is not None,
-            what=f"log event {name} {fields}",
-        )
-        found = matching()
-        assert len(found) >= count, f"runwatch exited ({self.proc.returncode}): {self.logs}"
-        return found[count - 1]
-
-    def send(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-
-
 @pytest.fixture
-def start() -> Iterator[Callable[[Path, NotifySocket | None], RunwatchProcess]]:
+def start() -> Iterator[Callable[[Path, NotifySocket | None], DaemonProcess]]:
     """Starts `runwatch run` subprocesses; kills whichever is still running at the end."""
-    started: list[RunwatchProcess] = []
+    with contextlib.ExitStack() as started:
 
-    def run(config: Path, notify: NotifySocket | None = None) -> RunwatchProcess:
-        process = RunwatchProcess(config, notify)
-        started.append(process)
-        return process
+        def run(config: Path, notify: NotifySocket | None = None) -> DaemonProcess:
+            env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "200000"} if notify else {}
+            return started.enter_context(DaemonProcess(config, env=env))
 
-    yield run
-    for process in started:
-        process.close()
+        yield run
 
 
 def fail_a_run(sim: Simulator) -> str:
@@ -202,7 +131,7 @@ def test_it_tells_systemd_ready_status_watchdog_and_stopping_in_order(
     tmp_path: Path,
     receiver: Receiver,
     notify_socket: NotifySocket,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
 ) -> None:
     """READY comes first, a STATUS after each poll says what matters, pings flow, STOPPING last."""
     with Simulator(runs=20, active=3, seed=5) as sim:
@@ -229,8 +158,8 @@ def test_it_tells_systemd_ready_status_watchdog_and_stopping_in_order(
             lambda: sum("WATCHDOG" in d for d in notify_socket.datagrams) >= 3, what="3 pings"
         )
 
-        daemon.send(signal.SIGTERM)
-        assert daemon.wait_exit(timeout=SHUTDOWN_GRACE_S + 5) == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 5) == 0
     notify_socket.wait_for(lambda d: "STOPPING" in d, "STOPPING=1")
     datagrams = notify_socket.datagrams
     assert datagrams[0] == {"READY": "1", "STATUS": "starting first poll"}
@@ -246,13 +175,13 @@ def test_it_reloads_a_valid_config_on_sighup_and_routes_to_the_new_channel(
     tmp_path: Path,
     receiver: Receiver,
     notify_socket: NotifySocket,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
 ) -> None:
     """After SIGHUP with a new channel and rule, the next transition goes to the new channel."""
     with Simulator(runs=20, active=3, seed=5) as sim:
         cfg = write_config(tmp_path, sim, channels={"old": receiver.apprise_url("/old")})
         daemon = start(cfg, notify_socket)
-        daemon.wait_log("poll.done", kind="baseline")
+        daemon.wait_for_event("poll.done", kind="baseline")
 
         write_config(
             tmp_path,
@@ -261,8 +190,8 @@ def test_it_reloads_a_valid_config_on_sighup_and_routes_to_the_new_channel(
             rules=[{"name": "to-new", "match": {"condition": ["Failed"]}, "notify": ["new"]}],
         )
         before_us = time.monotonic_ns() // 1000
-        daemon.send(signal.SIGHUP)
-        reloaded = daemon.wait_log("config.reloaded")
+        daemon.signal(signal.SIGHUP)
+        reloaded = daemon.wait_for_event("config.reloaded")
         assert reloaded["rules"] == 1
         reloading = notify_socket.wait_for(lambda d: "RELOADING" in d, "RELOADING=1")
         ready = notify_socket.wait_for(lambda d: "READY" in d, "READY=1 again", after=reloading)
@@ -273,8 +202,8 @@ def test_it_reloads_a_valid_config_on_sighup_and_routes_to_the_new_channel(
         run_id = fail_a_run(sim)
         [message] = receiver.wait_for(1, path="/new", timeout=WAIT)
         assert run_id in message["message"]
-        daemon.send(signal.SIGTERM)
-        assert daemon.wait_exit(timeout=SHUTDOWN_GRACE_S + 5) == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 5) == 0
     assert [m for m in receiver.received if m["path"] == "/old"] == []
     assert daemon.events("baseline.recorded")[0]["runs"] == 20
     assert len(daemon.events("baseline.recorded")) == 1  # state carried over the reload
@@ -284,13 +213,13 @@ def test_it_keeps_the_old_config_and_logs_every_error_when_a_reload_is_invalid(
     tmp_path: Path,
     receiver: Receiver,
     notify_socket: NotifySocket,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
 ) -> None:
     """A SIGHUP with a broken file logs each problem, stays up, and keeps routing as before."""
     with Simulator(runs=20, active=3, seed=5) as sim:
         cfg = write_config(tmp_path, sim, channels={"old": receiver.apprise_url("/old")})
         daemon = start(cfg, notify_socket)
-        daemon.wait_log("poll.done", kind="baseline")
+        daemon.wait_for_event("poll.done", kind="baseline")
 
         write_config(
             tmp_path,
@@ -299,8 +228,8 @@ def test_it_keeps_the_old_config_and_logs_every_error_when_a_reload_is_invalid(
             rules=[{"name": "broken", "match": {}, "notify": ["nowhere"]}],
             poll={"interval": "soon"},
         )
-        daemon.send(signal.SIGHUP)
-        rejected = daemon.wait_log("config.reload_rejected")
+        daemon.signal(signal.SIGHUP)
+        rejected = daemon.wait_for_event("config.reload_rejected")
         problems = rejected["problems"]
         assert len(problems) == 2, problems
         assert any("poll.interval" in p for p in problems), problems
@@ -312,8 +241,8 @@ def test_it_keeps_the_old_config_and_logs_every_error_when_a_reload_is_invalid(
         [message] = receiver.wait_for(1, path="/old", timeout=WAIT)
         assert run_id in message["message"]
         assert daemon.proc.poll() is None
-        daemon.send(signal.SIGTERM)
-        assert daemon.wait_exit(timeout=SHUTDOWN_GRACE_S + 5) == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 5) == 0
     assert daemon.events("config.reloaded") == []
 
 
@@ -324,8 +253,8 @@ def start_delivery_to_a_hanging_channel(
     tmp_path: Path,
     sim: Simulator,
     receiver: Receiver,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
-) -> tuple[Path, RunwatchProcess, str]:
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
+) -> tuple[Path, DaemonProcess, str]:
     """A daemon whose only channel has accepted a connection and will never answer it."""
     receiver.set_mode("hang", "/slow")
     cfg = write_config(
@@ -336,7 +265,7 @@ def start_delivery_to_a_hanging_channel(
         delivery={"timeout": "60s"},
     )
     daemon = start(cfg, None)
-    daemon.wait_log("poll.done", kind="baseline")
+    daemon.wait_for_event("poll.done", kind="baseline")
     run_id = fail_a_run(sim)
     wait_until(lambda: len(receiver.requests) == 1, what="the delivery to hang")
     return cfg, daemon, run_id
@@ -353,17 +282,17 @@ def pending_rows(cfg: Path) -> tuple[int, str | None, int | None]:
 def test_it_exits_0_within_the_grace_period_when_stopped_mid_delivery(
     tmp_path: Path,
     receiver: Receiver,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
 ) -> None:
     """SIGTERM while a channel hangs exits 0 within the bound; the message waits for the restart."""
     with Simulator(runs=20, active=3, seed=5) as sim:
         cfg, daemon, run_id = start_delivery_to_a_hanging_channel(tmp_path, sim, receiver, start)
         signalled = time.monotonic()
-        daemon.send(signal.SIGTERM)
-        assert daemon.wait_exit(timeout=SHUTDOWN_GRACE_S + 10) == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 10) == 0
         took = time.monotonic() - signalled
         assert took < SHUTDOWN_GRACE_S + 3, took
-        assert daemon.events("delivery.interrupted"), "\n".join(json.dumps(e) for e in daemon.logs)
+        assert daemon.events("delivery.interrupted"), daemon.stderr
         pending, title, attempts = pending_rows(cfg)
         assert pending == 1 and title is not None and attempts == 0
 
@@ -385,16 +314,16 @@ def test_it_exits_0_within_the_grace_period_when_stopped_mid_delivery(
 def test_it_exits_at_once_on_a_second_sigterm(
     tmp_path: Path,
     receiver: Receiver,
-    start: Callable[[Path, NotifySocket | None], RunwatchProcess],
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
 ) -> None:
     """A second SIGTERM during the grace period ends the process at once; nothing is lost."""
     with Simulator(runs=20, active=3, seed=5) as sim:
         cfg, daemon, _ = start_delivery_to_a_hanging_channel(tmp_path, sim, receiver, start)
-        daemon.send(signal.SIGTERM)
-        daemon.wait_log("daemon.stopping")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_for_event("daemon.stopping")
         signalled = time.monotonic()
-        daemon.send(signal.SIGTERM)
-        assert daemon.wait_exit(timeout=SHUTDOWN_GRACE_S + 10) != 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 10) != 0
         assert time.monotonic() - signalled < 2.0
     assert pending_rows(cfg)[0] == 1
 
