@@ -94,7 +94,7 @@ async def _once(config: Config, store: Store, out: TextIO) -> int:
         sent = await daemon.deliver_once()
     finally:
         await daemon.aclose()
-    stats = store.outbox_stats(daemon._now_ms())
+    stats = store.outbox_stats(daemon.now_ms())
     for r in reports:
         state = "ok" if r.ok else f"FAILED: {r.error}"
         print(f"{r.workspace}: {r.kind} poll {state}; {r.events} event(s)", file=out)
@@ -108,7 +108,7 @@ async def _dry_run(config: Config, store: Store, out: TextIO) -> int:
     try:
         for ws in config.workspaces:
             meta = store.workspace(ws.organization_id)
-            now_ms = daemon._now_ms()
+            now_ms = daemon.now_ms()
             kind = choose_kind(
                 baselined_at=meta.baselined_at,
                 last_full_listing=meta.last_full_listing,

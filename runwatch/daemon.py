@@ -173,7 +173,7 @@ class Daemon:
     async def poll_cycle(self) -> list[PollReport]:
         """Poll every workspace concurrently, commit each; then evaluate self-alerts."""
         reports = await asyncio.gather(*(self.poll_one(ws) for ws in self.config.workspaces))
-        self.last_poll_at = self._now_ms()
+        self.last_poll_at = self.now_ms()
         self._self_alerts(list(reports))
         self._refresh_gauges()
         self.notifier.status(self.status_line())
@@ -189,7 +189,7 @@ class Daemon:
 
     async def poll_one(self, ws: WorkspaceConfig) -> PollReport:
         org = ws.organization_id
-        now_ms = self._now_ms()
+        now_ms = self.now_ms()
         meta = self.store.workspace(org)
         known = self._known(org)
         poll = self.config.poll
@@ -297,7 +297,7 @@ class Daemon:
         cfg = self.config.alerts
         if not cfg.notify:
             return
-        now_ms = self._now_ms()
+        now_ms = self.now_ms()
         # Decided on a copy, adopted once the alerts are enqueued: on a full disk they are
         # decided again next cycle instead of being marked sent and lost.
         state = AlertState.from_json(self.alert_state.to_json())
@@ -375,13 +375,13 @@ class Daemon:
             )
             if ws.name in self.last_success:
                 self.metrics.last_success.labels(ws.name).set(self.last_success[ws.name] / 1000)
-        stats = self.store.outbox_stats(self._now_ms())
+        stats = self.store.outbox_stats(self.now_ms())
         self.metrics.outbox_depth.set(stats.pending)
         self.metrics.oldest_pending.set(stats.oldest_pending_age)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Healthy while every workspace's last successful poll is recent."""
-        now_ms = self._now_ms()
+        now_ms = self.now_ms()
         stale_after_ms = max(3 * self.config.poll.interval, 60.0) * 1000
         workspaces: dict[str, object] = {}
         healthy = True
@@ -405,13 +405,14 @@ class Daemon:
         ok = sum(1 for ws in self.config.workspaces if ws.name not in self.last_error)
         last = _iso(self.last_poll_at) if self.last_poll_at else "never"
         failing = ", ".join(sorted(self.deliverer.failing_channels())) or "none"
-        pending = self.store.outbox_stats(self._now_ms()).pending
+        pending = self.store.outbox_stats(self.now_ms()).pending
         return (
             f"watching {runs} runs in {ok}/{len(self.config.workspaces)} workspaces ok; "
             f"last poll {last}; outbox {pending} pending; failing channels: {failing}"
         )
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
+        """The daemon's clock (injected in tests) in epoch milliseconds."""
         return int(self.clock() * 1000)
 
     # -- the loop ------------------------------------------------------------------------

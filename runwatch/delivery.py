@@ -205,7 +205,7 @@ class Deliverer:
         # Two overlapping passes could both send the same head row.
         self._pass_lock = asyncio.Lock()
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
         # round, not int: 1_760_000_033.123 * 1000 may be ...122.99998, one ms short of due.
         return round(self._clock() * 1000)
 
@@ -247,7 +247,7 @@ class Deliverer:
             row = self._store.next_pending(name)
             if channel is None or row is None:  # (a reload may remove a channel mid-pass)
                 return sent
-            now_ms = self._now_ms()
+            now_ms = self.now_ms()
             if row.next_attempt_at > now_ms:
                 return sent
             if now_ms - row.created_at > max_age_ms:
@@ -258,7 +258,7 @@ class Deliverer:
                 row.title, row.body, row.notify_type, timeout=self._config.timeout
             )
             self._last_send[name] = self._clock()
-            now_ms = self._now_ms()
+            now_ms = self.now_ms()
             if result.ok:
                 self._store.mark_sent(row.id, now_ms)
                 self._failing_since.pop(name, None)
@@ -340,7 +340,7 @@ class Deliverer:
                 due = row.next_attempt_at
         if due is None:
             return None
-        return max(0.0, (due - self._now_ms()) / 1000)
+        return max(0.0, (due - self.now_ms()) / 1000)
 
     def failing_channels(self) -> dict[str, float]:
         """Channel -> epoch seconds since which its sends have failed without a success."""

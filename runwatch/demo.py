@@ -145,7 +145,7 @@ async def play(
             await _play_story(story, daemon, stop, out, speed=speed)
             stop.set()
             await task
-            pending = store.outbox_stats(daemon._now_ms()).pending
+            pending = store.outbox_stats(daemon.now_ms()).pending
         out.write(f"\ndemo finished; {pending} notification(s) left undelivered.\n")
         out.flush()
     return 0
@@ -175,7 +175,7 @@ async def _play_story(
 
 
 async def _drained(daemon: Daemon) -> None:
-    while daemon.store.outbox_stats(daemon._now_ms()).pending:
+    while daemon.store.outbox_stats(daemon.now_ms()).pending:
         await daemon.wait_cycles(daemon.cycles + 1)
 
 

@@ -562,14 +562,14 @@ class Simulator:
         else:
             self._plans.pop(rec.run_id, None)
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def _append(
         self, rec: _RunRecord, condition: str, status: str, reason: str | None, msg: str | None
     ) -> None:
         # Strictly after the previous transition, so every change is visible to a differ.
-        at = max(self._now_ms(), rec.last_updated + 1)
+        at = max(self.now_ms(), rec.last_updated + 1)
         rec.conditions.append((condition, status, at, reason, msg))
         if condition == CANCELLED and rec.killed_at is None:
             rec.killed_at = at
@@ -611,7 +611,7 @@ class Simulator:
         attributes = dict(rng.choice(ATTRIBUTES))
         # Newest means newest: never older than the head, whatever the clock says.
         newest = -self._order[0][0] if self._order else 0
-        created = max(self._now_ms(), newest + 1)
+        created = max(self.now_ms(), newest + 1)
         conditions: list[_Cond] = []
         if condition is not None:
             conditions.append((condition, status, created, reason, message))
