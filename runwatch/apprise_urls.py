@@ -161,16 +161,25 @@ def _schema_only(url: str) -> str:
 # ----------------------------------------------------------------------------- checking
 
 
-def url_problem(url: str) -> str | None:
-    """None when Apprise can build a service from `url`, else why not (with no secret)."""
+def load_service(url: str, *, asset: Any = None) -> Any:
+    """Apprise's service for `url`, built quietly; ValueError says why not, with no secret."""
     shown = _schema_only(url)
     try:
-        service = _instantiate(url)
+        service = _instantiate(url, asset=asset)
     except Exception as exc:  # AppriseImproperlyConfigured, or a plugin's own TypeError
         reason = _mask_url_parts(str(exc), url)
-        return f"Apprise cannot use {shown}: {reason}"
+        raise ValueError(f"Apprise cannot use {shown}: {reason}") from None
     if service is None:
-        return f"Apprise cannot use {shown}: unknown service or malformed URL"
+        raise ValueError(f"Apprise cannot use {shown}: unknown service or malformed URL")
+    return service
+
+
+def url_problem(url: str) -> str | None:
+    """None when Apprise can build a service from `url`, else why not (with no secret)."""
+    try:
+        load_service(url)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -191,10 +200,12 @@ def _mask_url_parts(text: str, url: str) -> str:
     return text
 
 
-def _instantiate(url: str) -> Any:
+def _instantiate(url: str, *, asset: Any = None) -> Any:
     """Apprise's service for `url` (None for an unknown schema); raises what the plugin raises."""
     with _apprise_quiet():
-        return _apprise().Apprise.instantiate(url, asset=make_asset(), suppress_exceptions=False)
+        return _apprise().Apprise.instantiate(
+            url, asset=asset or make_asset(), suppress_exceptions=False
+        )
 
 
 class _ThisThread(logging.Filter):

@@ -29,7 +29,14 @@ from typing import Literal
 import apprise
 import structlog
 
-from runwatch.apprise_urls import make_asset, mask_secrets, redact, secret_forms, short_form
+from runwatch.apprise_urls import (
+    load_service,
+    make_asset,
+    mask_secrets,
+    redact,
+    secret_forms,
+    short_form,
+)
 from runwatch.config import DeliveryConfig
 from runwatch.errors import ConfigError, StoreError
 from runwatch.store import OutboxRow, Store
@@ -72,18 +79,10 @@ class Channel:
         problems: list[str] = []
         for index, url in enumerate(urls):
             where = f"channels.{name}[{index}]"
-            schema = url.split("://", 1)[0] if "://" in url else ""
             try:
-                service = apprise.Apprise.instantiate(url, asset=asset, suppress_exceptions=False)
-            except Exception:
-                # The exception text can quote the token it rejected: it is not repeated.
-                problems.append(f"{where}: Apprise rejected this {schema}:// URL as malformed")
-                continue
-            if service is None:
-                problems.append(
-                    f"{where}: not an Apprise URL ("
-                    + (f"unknown or disabled schema {schema}://)" if schema else "no schema://)")
-                )
+                service = load_service(url, asset=asset)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
                 continue
             # runwatch paces each channel itself; Apprise's own pacing is a blocking sleep
             # per service instance (5.5 s per email) that would stall every send.
