@@ -18,7 +18,6 @@ from runwatch.delivery import build_channels, route_apprise_logging
 from runwatch.dispatch import outbox_items
 from runwatch.errors import ViError
 from runwatch.logs import register_secrets
-from runwatch.poller import PollPlan, choose_kind, poll_workspace
 from runwatch.render import flavour_for, sample_events
 from runwatch.sdnotify import Notifier
 from runwatch.store import Store
@@ -107,39 +106,16 @@ async def _dry_run(config: Config, store: Store, out: TextIO) -> int:
     status = 0
     try:
         for ws in config.workspaces:
-            meta = store.workspace(ws.organization_id)
             now_ms = daemon.now_ms()
-            kind = choose_kind(
-                baselined_at=meta.baselined_at,
-                last_full_listing=meta.last_full_listing,
-                now_ms=now_ms,
-                full_resync_s=config.poll.full_resync,
-            )
-            plan = PollPlan(
-                kind=kind,
-                page_size=config.poll.page_size,
-                max_pages=config.poll.max_pages,
-                max_concurrency=config.poll.max_concurrency,
-                terminal=daemon.terminal,
-            )
+            plan = daemon.plan_for(ws, now_ms)
+            kind = plan.kind
             try:
-                outcome = await poll_workspace(
-                    daemon.clients[ws.name],
-                    store.load_runs(ws.organization_id),
-                    workspace=ws.name,
-                    plan=plan,
-                    now_ms=now_ms,
-                )
+                outcome = await daemon.observe(ws, plan, now_ms)
             except ViError as exc:
                 print(f"{ws.name}: poll failed: {exc}", file=out)
                 status = 1
                 continue
-            items = outbox_items(
-                outcome.diff.events,
-                rules=config.rules,
-                templates=config.templates,
-                flavours=daemon.flavours,
-            )
+            items = daemon.messages(outcome.diff.events)
             print(
                 f"{ws.name}: {kind} poll saw {outcome.runs_seen} run(s); "
                 f"{len(outcome.diff.events)} event(s); {len(items)} message(s) would be sent"

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -26,7 +26,7 @@ from runwatch.delivery import Channel, Deliverer, build_channels
 from runwatch.dispatch import outbox_items
 from runwatch.errors import StoreError, ViAuthError, ViError
 from runwatch.metrics import Metrics
-from runwatch.model import TERMINAL_CONDITIONS
+from runwatch.model import TERMINAL_CONDITIONS, Event
 from runwatch.poller import PollOutcome, PollPlan, RunIndex, choose_kind, poll_workspace
 from runwatch.render import Flavour, flavour_for
 from runwatch.retry import RetryPolicy
@@ -187,30 +187,47 @@ class Daemon:
         async with self._cycle_done:
             await self._cycle_done.wait_for(lambda: self.cycles >= count)
 
-    async def poll_one(self, ws: WorkspaceConfig) -> PollReport:
-        org = ws.organization_id
-        now_ms = self.now_ms()
-        meta = self.store.workspace(org)
-        known = self._known(org)
+    def plan_for(self, ws: WorkspaceConfig, now_ms: int) -> PollPlan:
+        """What kind of poll `ws` is due for (baseline, full or incremental), and its limits."""
+        meta = self.store.workspace(ws.organization_id)
         poll = self.config.poll
-        kind = choose_kind(
-            baselined_at=meta.baselined_at,
-            last_full_listing=meta.last_full_listing,
-            now_ms=now_ms,
-            full_resync_s=poll.full_resync,
-        )
-        plan = PollPlan(
-            kind=kind,
+        return PollPlan(
+            kind=choose_kind(
+                baselined_at=meta.baselined_at,
+                last_full_listing=meta.last_full_listing,
+                now_ms=now_ms,
+                full_resync_s=poll.full_resync,
+            ),
             page_size=poll.page_size,
             max_pages=poll.max_pages,
             max_concurrency=poll.max_concurrency,
             terminal=self.terminal,
         )
+
+    async def observe(self, ws: WorkspaceConfig, plan: PollPlan, now_ms: int) -> PollOutcome:
+        """Poll `ws` and diff against what is known, committing nothing (raises ViError)."""
+        known = self._known(ws.organization_id)
+        return await poll_workspace(
+            self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
+        )
+
+    def messages(self, events: Sequence[Event]) -> list[OutboxItem]:
+        """The outbox rows `events` make under the current rules and templates."""
+        return outbox_items(
+            events,
+            rules=self.config.rules,
+            templates=self.config.templates,
+            flavours=self.flavours,
+        )
+
+    async def poll_one(self, ws: WorkspaceConfig) -> PollReport:
+        now_ms = self.now_ms()
+        plan = self.plan_for(ws, now_ms)
+        kind = plan.kind
+        known = self._known(ws.organization_id)
         started = time.monotonic()
         try:
-            outcome = await poll_workspace(
-                self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
-            )
+            outcome = await self.observe(ws, plan, now_ms)
         except ViError as exc:
             return self._poll_failed(ws, kind, exc)
         try:
@@ -245,12 +262,7 @@ class Daemon:
 
     def _commit(self, ws: WorkspaceConfig, outcome: PollOutcome, now_ms: int) -> int:
         diff = outcome.diff
-        items = outbox_items(
-            diff.events,
-            rules=self.config.rules,
-            templates=self.config.templates,
-            flavours=self.flavours,
-        )
+        items = self.messages(diff.events)
         queued = self.store.commit_poll(
             PollCommit(
                 organization_id=ws.organization_id,
