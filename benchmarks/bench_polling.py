@@ -54,15 +54,15 @@ from typing import Any
 
 import httpx
 
-from runwatch.config import Config, parse_config
-from runwatch.daemon import Daemon
-from runwatch.decode import decode_page
+from runwatch.config.loading import Config, parse_config
+from runwatch.core.model import RUNNING
 from runwatch.logs import configure_logging
-from runwatch.model import RUNNING
-from runwatch.poller import _Accumulator  # the poller's own page-by-page diff
-from runwatch.simulator import Simulator
-from runwatch.store import Store
-from runwatch.vi_client import ViClient
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
+from runwatch.state.sqlite import Store
+from runwatch.vi.client import ViClient
+from runwatch.vi.decode import decode_page
+from runwatch.vi.poller import _Accumulator  # the poller's own page-by-page diff
 
 PAGE_SIZE = 50  # poll.page_size's default
 ACTIVE = 20

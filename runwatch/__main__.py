@@ -1,3 +1,3 @@
-from runwatch.cli import main
+from runwatch.cli.main import main
 
 raise SystemExit(main())

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from runwatch.config import Config, load_config
-from runwatch.daemon import Daemon
-from runwatch.simulator import Simulator
-from runwatch.store import Store
+from runwatch.config.loading import Config, load_config
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
+from runwatch.state.sqlite import Store
 
 
 class FakeClock:

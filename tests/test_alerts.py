@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runwatch.alerts import AlertState, channel_alerts, workspace_alerts
+from runwatch.core.alerts import AlertState, channel_alerts, workspace_alerts
 
 MIN = 60_000
 

@@ -53,10 +53,10 @@ import pytest
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.daemon import Daemon
-from runwatch.metrics import Metrics
-from runwatch.model import ERROR, FAILED, PENDING, RUNNING, SUCCEEDED, RunState
-from runwatch.simulator import UNKNOWN_CONDITION, Fault, Simulator
+from runwatch.core.model import ERROR, FAILED, PENDING, RUNNING, SUCCEEDED, RunState
+from runwatch.service.daemon import Daemon
+from runwatch.service.metrics import Metrics
+from runwatch.simulator.server import UNKNOWN_CONDITION, Fault, Simulator
 
 INTERVAL_S = 30.0
 ATTEMPTS = 2  # poll.max_attempts: tries per HTTP call

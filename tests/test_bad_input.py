@@ -28,11 +28,11 @@ from structlog.testing import capture_logs
 from test_config_corpus import ENV_SECRETS, ENVIRON, FILES, header
 from test_decode import json_values, mutated
 
-from runwatch.config import MAX_CONFIG_BYTES
-from runwatch.decode import decode_page
-from runwatch.model import RunState
-from runwatch.simulator import Simulator
-from runwatch.transitions import detect_transitions, state_of
+from runwatch.config.loading import MAX_CONFIG_BYTES
+from runwatch.core.model import RunState
+from runwatch.core.transitions import detect_transitions, state_of
+from runwatch.simulator.server import Simulator
+from runwatch.vi.decode import decode_page
 
 EX_CONFIG = 78
 

@@ -36,9 +36,9 @@ import structlog
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.daemon import Daemon
-from runwatch.model import FAILED, SUCCEEDED
-from runwatch.simulator import Simulator
+from runwatch.core.model import FAILED, SUCCEEDED
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
 
 TITLE = "{{ kind }} {{ run_id }} {{ condition }}"
 STEP_S = 300.0  # fake time between two new runs (and two polls)

@@ -18,7 +18,7 @@ from harness import Outcome, cli_env, run_cli, write_config
 from receiver import Receiver
 
 from runwatch import __version__
-from runwatch.simulator import Simulator
+from runwatch.simulator.server import Simulator
 
 # Apprise URLs holding secrets, each of which must stay out of every output.
 SLACK_TOKENS = ("T1JJ3T3L2", "A1BRTD4JD", "TIiajkdnlazkcOXrIdevi7FQ")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runwatch.config import (
+from runwatch.config.durations import format_duration, parse_duration
+from runwatch.config.loading import (
     DEFAULT_ENDPOINT,
     AlertsConfig,
     Config,
@@ -25,9 +26,8 @@ from runwatch.config import (
     load_config,
     parse_config,
 )
-from runwatch.durations import format_duration, parse_duration
+from runwatch.core.rules import Match, Rule
 from runwatch.errors import ConfigError
-from runwatch.rules import Match, Rule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -271,7 +271,7 @@ def test_it_loads_the_annotated_example_file(tmp_path: Path) -> None:
 
 def test_it_documents_every_key_the_loader_accepts() -> None:
     """Every key the loader knows appears in config.example.yaml."""
-    from runwatch import config as module
+    from runwatch.config import loading as module
 
     example = (REPO / "config.example.yaml").read_text()
     known = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runwatch.config import MAX_CONFIG_BYTES, load_config, parse_config
+from runwatch.config.loading import MAX_CONFIG_BYTES, load_config, parse_config
 from runwatch.errors import ConfigError
 
 BAD = Path(__file__).parent / "configs" / "bad"

@@ -50,8 +50,8 @@ import pytest
 from harness import DaemonProcess, wait_until, write_config
 from receiver import Receiver
 
-from runwatch.model import CANCELLED, ERROR, FAILED, PENDING, RUNNING, SUCCEEDED
-from runwatch.simulator import Fault, Simulator
+from runwatch.core.model import CANCELLED, ERROR, FAILED, PENDING, RUNNING, SUCCEEDED
+from runwatch.simulator.server import Fault, Simulator
 
 # Everything a message must say to be checked: kind, run, condition, previous, skipped.
 TITLE = (

@@ -12,9 +12,9 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runwatch.decode import Page, decode_page, decode_run
+from runwatch.core.model import Condition
 from runwatch.errors import ViBadResponseError
-from runwatch.model import Condition
+from runwatch.vi.decode import Page, decode_page, decode_run
 
 ORG = "org-7a1c"
 

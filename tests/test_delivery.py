@@ -12,11 +12,12 @@ import pytest
 import structlog
 from receiver import Receiver
 
-from runwatch.config import DeliveryConfig
-from runwatch.delivery import Channel, Deliverer, build_channels, route_apprise_logging
+from runwatch.config.loading import DeliveryConfig
+from runwatch.core.model import Condition, Event, OutboxItem
+from runwatch.delivery.apprise_channel import Channel, build_channels, route_apprise_logging
+from runwatch.delivery.worker import Deliverer
 from runwatch.errors import ConfigError
-from runwatch.model import Condition, Event
-from runwatch.store import OutboxItem, PollCommit, Store
+from runwatch.state.sqlite import PollCommit, Store
 
 ORG = "org-1"
 T0 = 1_760_000_000.0  # epoch seconds of the fake clock's start

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runwatch import demo
+from runwatch.cli import demo
 
 RULE = "─" * 60
 

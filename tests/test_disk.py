@@ -38,10 +38,10 @@ import pytest
 from harness import DaemonProcess, FakeClock, Outcome, run_cli, write_config
 from receiver import Receiver
 
-from runwatch.config import load_config
-from runwatch.daemon import Daemon
-from runwatch.simulator import Simulator
-from runwatch.store import SCHEMA_VERSION, Store
+from runwatch.config.loading import load_config
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
+from runwatch.state.sqlite import SCHEMA_VERSION, Store
 
 COMMANDS: tuple[tuple[str, ...], ...] = (("once",), ("once", "--dry-run"), ("run",), ("runs",))
 HUGE_MESSAGE = "out of memory; " + "x" * 120_000  # ~30 overflow pages in each of three tables

@@ -19,8 +19,8 @@ import pytest
 from harness import DaemonProcess, FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.daemon import Daemon
-from runwatch.simulator import Simulator
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
 
 RUN_ID = re.compile(r"run_[0-9a-f]{12}")
 

@@ -14,10 +14,11 @@ from typing import Any, cast
 import pytest
 from aiosmtpd.controller import Controller
 
-from runwatch.config import DeliveryConfig
-from runwatch.delivery import Deliverer, build_channels
-from runwatch.model import Condition, Event
-from runwatch.store import OutboxItem, PollCommit, Store
+from runwatch.config.loading import DeliveryConfig
+from runwatch.core.model import Condition, Event, OutboxItem
+from runwatch.delivery.apprise_channel import build_channels
+from runwatch.delivery.worker import Deliverer
+from runwatch.state.sqlite import PollCommit, Store
 
 T0 = 1_760_000_000_000
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from runwatch.errors import RunwatchError
-from runwatch.health import HealthServer
-from runwatch.metrics import Metrics
+from runwatch.service.http import HealthServer
+from runwatch.service.metrics import Metrics
 
 Summary = tuple[bool, dict[str, object]]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.simulator import Simulator
+from runwatch.simulator.server import Simulator
 
 
 async def test_it_sends_nothing_on_the_baseline_then_each_transition_once(

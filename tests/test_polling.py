@@ -19,10 +19,10 @@ import pytest
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.daemon import Daemon, PollReport
-from runwatch.model import FAILED, PENDING, RUNNING, SUCCEEDED, Condition, RunState
-from runwatch.poller import RunIndex
-from runwatch.simulator import Simulator
+from runwatch.core.model import FAILED, PENDING, RUNNING, SUCCEEDED, Condition, RunState
+from runwatch.service.daemon import Daemon, PollReport
+from runwatch.simulator.server import Simulator
+from runwatch.vi.poller import RunIndex
 
 INTERVAL_S = 30.0
 FULL_RESYNC_S = 900.0  # the default, 15 minutes

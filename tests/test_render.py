@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
-from runwatch.model import Condition, Event
-from runwatch.render import (
+from runwatch.core.model import Condition, Event
+from runwatch.core.render import (
     DEFAULT_BODY,
     DEFAULT_TITLE,
     FLAVOURS,

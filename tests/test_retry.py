@@ -20,7 +20,7 @@ from runwatch.errors import (
     ViServerError,
     ViTransportError,
 )
-from runwatch.retry import RetryPolicy, describe, parse_retry_after
+from runwatch.vi.retry import RetryPolicy, describe, parse_retry_after
 
 NOW = 1_750_000_000.0  # a fixed wall clock
 

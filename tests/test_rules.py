@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from runwatch.model import Condition, Event
-from runwatch.rules import Match, Route, Rule, matches, route
+from runwatch.core.model import Condition, Event
+from runwatch.core.rules import Match, Route, Rule, matches, route
 
 RUNNING = Condition(condition="Running", status="Reached", last_transition_time=2_000)
 FAILED = Condition(condition="Failed", status="FailedReach", last_transition_time=3_000)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from runwatch.sdnotify import Notifier
+from runwatch.service.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from harness import wait_until
 from receiver import Receiver
 from test_email import LoopbackController, Mailbox
 
-from runwatch.simulator import Fault, Simulator
+from runwatch.simulator.server import Fault, Simulator
 
 SECRET_KEY = "dtvi_ViKeyNeverPrinted" + "Q7w3Zr9" * 8
 SMTP_USER = "alerts-bot"

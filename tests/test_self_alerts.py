@@ -14,8 +14,8 @@ import pytest
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
-from runwatch.daemon import Daemon
-from runwatch.simulator import Simulator
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
 
 MINUTE = 60.0
 

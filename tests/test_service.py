@@ -28,12 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
 from structlog.testing import capture_logs
 
-from runwatch.config import load_config
-from runwatch.daemon import SHUTDOWN_GRACE_S, Daemon
-from runwatch.health import HealthServer
-from runwatch.sdnotify import Notifier
-from runwatch.simulator import Fault, Simulator
-from runwatch.store import Store
+from runwatch.config.loading import load_config
+from runwatch.service.daemon import SHUTDOWN_GRACE_S, Daemon
+from runwatch.service.http import HealthServer
+from runwatch.service.sdnotify import Notifier
+from runwatch.simulator.server import Fault, Simulator
+from runwatch.state.sqlite import Store
 
 Datagram = dict[str, str]
 WAIT = 15.0  # seconds a test waits for a condition before it fails

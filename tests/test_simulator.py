@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from runwatch.model import KNOWN_CONDITIONS, PENDING, RUNNING, TERMINAL_CONDITIONS
-from runwatch.simulator import (
+from runwatch.core.model import KNOWN_CONDITIONS, PENDING, RUNNING, TERMINAL_CONDITIONS
+from runwatch.simulator.server import (
     SIM_ORG,
     UNKNOWN_CONDITION,
     Fault,
@@ -663,7 +663,7 @@ def test_it_prints_a_config_snippet_that_points_at_the_simulator(sim: Simulator)
 
 SERVE = """
 import argparse, sys
-from runwatch import simulator
+from runwatch.simulator import server as simulator
 parser = argparse.ArgumentParser()
 simulator.add_arguments(parser)
 sys.exit(simulator.main(parser.parse_args(sys.argv[1:])))

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from runwatch.core.model import Condition, Event, RunState
 from runwatch.errors import StoreError
-from runwatch.model import Condition, Event, RunState
-from runwatch.store import (
+from runwatch.state.sqlite import (
     RETENTION_MS,
     RUN_STATE_FIELDS,
     SCHEMA_VERSION,

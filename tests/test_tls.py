@@ -20,8 +20,8 @@ import pytest
 from harness import Outcome, cli_env, run_cli, write_config
 
 from runwatch.errors import ViTransportError
-from runwatch.simulator import Simulator
-from runwatch.vi_client import ViClient
+from runwatch.simulator.server import Simulator
+from runwatch.vi.client import ViClient
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command")

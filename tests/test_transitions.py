@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runwatch.model import Condition, Event, Run, RunState
-from runwatch.transitions import Diff, detect_deletions, detect_transitions, state_of
+from runwatch.core.model import Condition, Event, Run, RunState
+from runwatch.core.transitions import Diff, detect_deletions, detect_transitions, state_of
 
 ORG = "org-1"
 NOW = 1_700_000_999_000

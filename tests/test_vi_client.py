@@ -14,7 +14,6 @@ import pytest
 import structlog
 
 from runwatch import __version__
-from runwatch.decode import decode_run
 from runwatch.errors import (
     ViAuthError,
     ViBadResponseError,
@@ -24,9 +23,10 @@ from runwatch.errors import (
     ViServerError,
     ViTransportError,
 )
-from runwatch.retry import RetryPolicy
-from runwatch.simulator import UNKNOWN_CONDITION, Fault, Simulator
-from runwatch.vi_client import ViClient
+from runwatch.simulator.server import UNKNOWN_CONDITION, Fault, Simulator
+from runwatch.vi.client import ViClient
+from runwatch.vi.decode import decode_run
+from runwatch.vi.retry import RetryPolicy
 
 NOW = 1_750_000_000.0  # the wall clock Retry-After dates are measured against
 SECRET = "dtvi_" + "S3cr3tK3y" * 10 + "xyz"  # 103 characters, like a real key

@@ -10,8 +10,8 @@ from harness import run_cli, write_config
 from receiver import Receiver
 
 from runwatch.errors import StoreError
-from runwatch.simulator import Simulator
-from runwatch.writer_lock import writer_lock
+from runwatch.simulator.server import Simulator
+from runwatch.state.lock import writer_lock
 
 
 def test_it_refuses_a_second_writer_and_names_the_first(tmp_path: Path) -> None:

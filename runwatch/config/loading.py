@@ -26,13 +26,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runwatch.apprise_urls import private_url, url_problem, url_secrets
-from runwatch.durations import format_duration, parse_duration
+from runwatch.config.apprise_urls import private_url, url_problem, url_secrets
+from runwatch.config.durations import format_duration, parse_duration
+from runwatch.config.yaml_document import FROM_ENV, Document, Problems, compose
+from runwatch.core.model import EventKind
+from runwatch.core.render import validate_template
+from runwatch.core.rules import Match, Rule, Templates
 from runwatch.errors import ConfigError
-from runwatch.model import EventKind
-from runwatch.render import validate_template
-from runwatch.rules import Match, Rule
-from runwatch.yaml_document import FROM_ENV, Document, Problems, compose
 
 DEFAULT_ENDPOINT = "https://api.vi.datature.com"
 
@@ -81,12 +81,6 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Templates:
-    title: str | None = None  # overrides the built-in default title for every rule
-    body: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class AlertsConfig:
     notify: tuple[str, ...] = ()  # admin channels; empty disables self-alerts
     api_down_after: float = 600.0
@@ -107,7 +101,7 @@ class Config:
     state: StateConfig
     poll: PollConfig = PollConfig()
     delivery: DeliveryConfig = DeliveryConfig()
-    templates: Templates = Templates()
+    templates: Templates = field(default_factory=Templates)
     alerts: AlertsConfig = AlertsConfig()
     http: HttpConfig | None = None
     tls: TLSConfig = TLSConfig()

@@ -29,7 +29,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from runwatch.model import (
+from runwatch.core.model import (
     CANCELLED,
     ERROR,
     FAILED,
@@ -41,7 +41,7 @@ from runwatch.model import (
     Event,
 )
 
-log = structlog.get_logger("runwatch.render")
+log = structlog.get_logger("runwatch.core.render")
 
 Flavour = Literal["markdown", "text"]
 FLAVOURS: tuple[Flavour, ...] = get_args(Flavour)

@@ -23,10 +23,10 @@ from typing import Any, cast
 
 import structlog
 
+from runwatch.core.model import Condition, Run
 from runwatch.errors import ViBadResponseError
-from runwatch.model import Condition, Run
 
-log = structlog.get_logger("runwatch.decode")
+log = structlog.get_logger("runwatch.vi.decode")
 
 _intern = sys.intern
 _EMPTY: Mapping[str, str] = {}

@@ -37,10 +37,10 @@ from typing import Any
 
 import structlog
 
+from runwatch.core.model import Condition, Event, OutboxItem, RunState
 from runwatch.errors import StoreError
-from runwatch.model import Condition, Event, RunState
 
-log = structlog.get_logger("runwatch.store")
+log = structlog.get_logger("runwatch.state.sqlite")
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
@@ -128,18 +128,6 @@ class WorkspaceMeta:
     last_success: int | None  # epoch ms of the last successful poll (any kind)
     last_failure: int | None = None  # epoch ms of the last failed poll (record_poll_failure)
     last_error: str | None = None  # its sanitized error text
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OutboxItem:
-    """A message to enqueue: one event (or alert) for one channel, already rendered."""
-
-    event_key: str
-    channel: str
-    title: str
-    body: str
-    notify_type: str
-    run_key: str  # "org/run_id"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("runwatch.sdnotify")
+log = structlog.get_logger("runwatch.service.sdnotify")
 
 
 class Notifier:

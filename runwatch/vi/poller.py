@@ -42,11 +42,11 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar, overload
 
-from runwatch.decode import Page
+from runwatch.core.model import TERMINAL_CONDITIONS, Event, Run, RunState
+from runwatch.core.transitions import Diff, detect_deletions, detect_transitions
 from runwatch.errors import ViNotFoundError
-from runwatch.model import TERMINAL_CONDITIONS, Event, Run, RunState
-from runwatch.transitions import Diff, detect_deletions, detect_transitions
-from runwatch.vi_client import ViClient
+from runwatch.vi.client import ViClient
+from runwatch.vi.decode import Page
 
 PollKind = Literal["baseline", "full", "incremental"]
 

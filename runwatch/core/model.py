@@ -127,3 +127,15 @@ class Event:
         c = self.current
         state = "deleted" if c is None else f"{c.condition}/{c.status}/{c.last_transition_time}"
         return f"{self.organization_id}/{self.run_id}/{self.kind}/{state}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxItem:
+    """A message to enqueue: one event (or alert) for one channel, already rendered."""
+
+    event_key: str
+    channel: str
+    title: str
+    body: str
+    notify_type: str
+    run_key: str  # "org/run_id"

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from runwatch.config import Templates
-from runwatch.model import Event
-from runwatch.render import Flavour, render
-from runwatch.rules import Rule, route
-from runwatch.store import OutboxItem
+from runwatch.core.model import Event, OutboxItem
+from runwatch.core.render import Flavour, render
+from runwatch.core.rules import Rule, Templates, route
 
 
 def outbox_items(

@@ -11,19 +11,19 @@ from typing import TextIO
 
 import structlog
 
-from runwatch.config import Config, describe, load_config
-from runwatch.console import register_console_schema
-from runwatch.daemon import Daemon
-from runwatch.delivery import build_channels, route_apprise_logging
-from runwatch.dispatch import outbox_items
+from runwatch.config.loading import Config, describe, load_config
+from runwatch.core.compose import outbox_items
+from runwatch.core.render import flavour_for, sample_events
+from runwatch.delivery.apprise_channel import build_channels, route_apprise_logging
+from runwatch.delivery.console import register_console_schema
 from runwatch.errors import ViError
 from runwatch.logs import register_secrets
-from runwatch.render import flavour_for, sample_events
-from runwatch.sdnotify import Notifier
-from runwatch.store import Store
-from runwatch.writer_lock import writer_lock
+from runwatch.service.daemon import Daemon
+from runwatch.service.sdnotify import Notifier
+from runwatch.state.lock import writer_lock
+from runwatch.state.sqlite import Store
 
-log = structlog.get_logger("runwatch.commands")
+log = structlog.get_logger("runwatch.cli.commands")
 
 
 def load(path: Path) -> Config:
@@ -38,8 +38,8 @@ def load(path: Path) -> Config:
 
 
 def run(config: Config, config_path: Path) -> int:
-    from runwatch.cli import install_signal_handlers
-    from runwatch.health import HealthServer
+    from runwatch.cli.main import install_signal_handlers
+    from runwatch.service.http import HealthServer
 
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()

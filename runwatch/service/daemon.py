@@ -20,22 +20,23 @@ from datetime import datetime, timezone
 
 import structlog
 
-from runwatch.alerts import Alert, AlertState, channel_alerts, workspace_alerts
-from runwatch.config import Config, WorkspaceConfig
-from runwatch.delivery import Channel, Deliverer, build_channels
-from runwatch.dispatch import outbox_items
+from runwatch.clock import wait_any
+from runwatch.config.loading import Config, WorkspaceConfig
+from runwatch.core.alerts import Alert, AlertState, channel_alerts, workspace_alerts
+from runwatch.core.compose import outbox_items
+from runwatch.core.model import TERMINAL_CONDITIONS, Event, OutboxItem
+from runwatch.core.render import Flavour, flavour_for
+from runwatch.delivery.apprise_channel import Channel, build_channels
+from runwatch.delivery.worker import Deliverer
 from runwatch.errors import StoreError, ViAuthError, ViError
-from runwatch.metrics import Metrics
-from runwatch.model import TERMINAL_CONDITIONS, Event
-from runwatch.poller import PollOutcome, PollPlan, RunIndex, choose_kind, poll_workspace
-from runwatch.render import Flavour, flavour_for
-from runwatch.retry import RetryPolicy
-from runwatch.sdnotify import Notifier
-from runwatch.store import OutboxItem, PollCommit, Store
-from runwatch.vi_client import ViClient
-from runwatch.waiting import wait_any
+from runwatch.service.metrics import Metrics
+from runwatch.service.sdnotify import Notifier
+from runwatch.state.sqlite import PollCommit, Store
+from runwatch.vi.client import ViClient
+from runwatch.vi.poller import PollOutcome, PollPlan, RunIndex, choose_kind, poll_workspace
+from runwatch.vi.retry import RetryPolicy
 
-log = structlog.get_logger("runwatch.daemon")
+log = structlog.get_logger("runwatch.service.daemon")
 
 SHUTDOWN_GRACE_S = 5.0  # how long an in-flight delivery may finish after SIGTERM
 ALERTS_META_KEY = "alerts.state"

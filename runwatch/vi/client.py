@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 
 from runwatch import __version__
-from runwatch.decode import Page, decode_page, decode_run
+from runwatch.core.model import Run
 from runwatch.errors import (
     ViAuthError,
     ViBadResponseError,
@@ -42,8 +42,8 @@ from runwatch.errors import (
     ViServerError,
     ViTransportError,
 )
-from runwatch.model import Run
-from runwatch.retry import RetryPolicy, parse_retry_after
+from runwatch.vi.decode import Page, decode_page, decode_run
+from runwatch.vi.retry import RetryPolicy, parse_retry_after
 
 Endpoint = Literal["list", "get"]
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from runwatch.model import Event, EventKind
+from runwatch.core.model import Event, EventKind
 
 # Deletions are opt-in: a rule without an `event` criterion hears of these kinds only.
 _DEFAULT_KINDS: tuple[EventKind, ...] = ("transition", "new")
@@ -43,6 +43,12 @@ class Rule:
     notify: tuple[str, ...]  # channel names, validated against `channels` at load time
     title: str | None = None  # Jinja2 template source overriding the default title
     body: str | None = None  # Jinja2 template source overriding the default body
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Templates:
+    title: str | None = None  # the default title template of every rule
+    body: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

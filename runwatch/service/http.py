@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import structlog
 
 from runwatch.errors import RunwatchError
-from runwatch.metrics import Metrics
+from runwatch.service.metrics import Metrics
 
-log = structlog.get_logger("runwatch.health")
+log = structlog.get_logger("runwatch.service.http")
 
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
-from runwatch.model import Condition, Event, EventKind, Run, RunState
+from runwatch.core.model import Condition, Event, EventKind, Run, RunState
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -22,7 +22,7 @@ from runwatch.errors import ConfigError, RunwatchError, StoreError
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
-log = structlog.get_logger("runwatch.cli")
+log = structlog.get_logger("runwatch.cli.main")
 
 
 def _common(parser: argparse.ArgumentParser, *, config: bool) -> None:
@@ -49,7 +49,8 @@ def _common(parser: argparse.ArgumentParser, *, config: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runwatch import demo, simulator
+    from runwatch.cli import demo
+    from runwatch.simulator import server as simulator
 
     parser = argparse.ArgumentParser(
         prog="runwatch",
@@ -113,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from runwatch import commands, demo, simulator
+    from runwatch.cli import commands, demo
+    from runwatch.simulator import server as simulator
 
     if args.command == "simulate":
         return simulator.main(args)

@@ -52,7 +52,7 @@ from typing import Any, Literal, cast
 
 import structlog
 
-from runwatch.model import (
+from runwatch.core.model import (
     CANCELLED,
     ERROR,
     FAILED,
@@ -63,7 +63,7 @@ from runwatch.model import (
     TERMINAL_CONDITIONS,
 )
 
-log = structlog.get_logger("runwatch.simulator")
+log = structlog.get_logger("runwatch.simulator.server")
 
 SIM_ORG = "org-sim"
 

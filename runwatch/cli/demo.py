@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from runwatch.cli import install_signal_handlers
-from runwatch.config import parse_config
-from runwatch.console import register_console_schema
-from runwatch.daemon import Daemon
-from runwatch.delivery import route_apprise_logging
+from runwatch.cli.main import install_signal_handlers
+from runwatch.config.loading import parse_config
+from runwatch.delivery.apprise_channel import route_apprise_logging
+from runwatch.delivery.console import register_console_schema
 from runwatch.logs import register_secrets
-from runwatch.simulator import Simulator
-from runwatch.store import Store
+from runwatch.service.daemon import Daemon
+from runwatch.simulator.server import Simulator
+from runwatch.state.sqlite import Store
 
 CONFIG = """
 workspaces:

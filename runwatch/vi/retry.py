@@ -35,7 +35,7 @@ from runwatch.errors import (
     ViTransportError,
 )
 
-log = structlog.get_logger("runwatch.retry")
+log = structlog.get_logger("runwatch.vi.retry")
 
 T = TypeVar("T")
 
