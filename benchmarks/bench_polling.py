@@ -56,13 +56,13 @@ import httpx
 
 from runwatch.config.loading import Config, parse_config
 from runwatch.core.model import RUNNING
+from runwatch.core.transitions import Fold  # the poller's own page-by-page diff
 from runwatch.logs import configure_logging
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
-from runwatch.state.sqlite import Store
+from runwatch.state.sqlite import SqliteStore as Store
 from runwatch.vi.client import ViClient
 from runwatch.vi.decode import decode_page
-from runwatch.vi.poller import _Accumulator  # the poller's own page-by-page diff
 
 PAGE_SIZE = 50  # poll.page_size's default
 ACTIVE = 20
@@ -236,16 +236,23 @@ def config_text(pop: Population, state: Path, *, hook: str, **poll: str) -> str:
 
 
 class FakeClock:
-    """Wall-clock seconds that move only when told to: polls stay incremental, no waiting."""
+    """A runwatch Clock whose wall time moves only when told to: polls stay incremental, and
+    waits return at once (the monotonic clock is the real one, for the timings)."""
 
     def __init__(self) -> None:
         self.now = EPOCH
 
-    def __call__(self) -> float:
+    def time(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+    async def wait_any(self, *events: asyncio.Event, timeout: float) -> None:
+        self.now += timeout
 
 
 @dataclass
@@ -328,7 +335,7 @@ def decode_diff_rate(pop: Population, daemon: Daemon) -> tuple[float, float]:
             if not token:
                 break
     known = daemon.known[pop.organization_id].as_dict()
-    acc = _Accumulator(known, workspace="bench", baseline=False, now_ms=int(EPOCH * 1000))
+    acc = Fold(known, workspace="bench", baseline=False, now_ms=int(EPOCH * 1000))
     parse_s = decode_s = 0.0
     for body in bodies:
         t0 = time.process_time()
@@ -351,7 +358,7 @@ async def compare(host: Host, runs: int, recent: bool, polls: int, resync: bool)
         config: Config = parse_config(config_text(pop, state, hook="json://127.0.0.1:9/unused"))
         clock = FakeClock()
         with Store.open(state) as store:
-            daemon = Daemon(config, store, clock=clock, sleep=clock.sleep)
+            daemon = Daemon(config, store, clock=clock)
             try:
                 baseline = await poll_once(daemon, host, "baseline")
                 steady: list[Sample] = []

@@ -7,6 +7,7 @@ injected, so tests move a clock instead of waiting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,23 +27,44 @@ import yaml
 from runwatch.config.loading import Config, load_config
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
-from runwatch.state.sqlite import Store
+from runwatch.state.sqlite import SqliteStore
 
 
 class FakeClock:
-    """Wall-clock seconds that move only when told to; also usable as an async sleep."""
+    """A `runwatch.clock.Clock` whose time moves only when told to, or when waited on.
+
+    `sleep` and `wait_any` move the time forward by what they wait for, at once (after letting
+    the other tasks run one step), unless an awaited event is set first: code under test
+    never waits for real time, and a loop with a 30 s interval turns as fast as its I/O.
+    """
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self.now = start
+        self.mono = 1_000.0
+        self.sleeps: list[float] = []  # what `sleep` was asked for, in order
 
     def __call__(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
+        self.mono += seconds
 
     async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+        self.advance(max(0.0, seconds))
+
+    async def wait_any(self, *events: asyncio.Event, timeout: float) -> None:
+        await asyncio.sleep(0)
+        if not any(event.is_set() for event in events):
+            self.advance(max(0.0, timeout))
 
 
 def write_config(
@@ -94,11 +116,11 @@ def write_config(
 def daemon_on(config_path: Path, clock: FakeClock | None = None) -> Iterator[Daemon]:
     """An in-process daemon (not started) with its store open; closed on exit."""
     config: Config = load_config(config_path)
-    with Store.open(config.state.path) as store:
+    with SqliteStore.open(config.state.path) as store:
         if clock is None:
             yield Daemon(config, store)
         else:
-            yield Daemon(config, store, clock=clock, sleep=clock.sleep)
+            yield Daemon(config, store, clock=clock)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

@@ -2,86 +2,118 @@
 
 from __future__ import annotations
 
-from runwatch.core.alerts import AlertState, channel_alerts, workspace_alerts
+from collections.abc import Mapping
+
+from runwatch.core.alerts import Alert, AlertState, Thresholds, WorkspaceHealth, decide
 
 MIN = 60_000
+THRESHOLDS = Thresholds(api_down_after=600, channel_failing_after=1800)
 
 
-def poll(
-    state: AlertState,
-    *,
-    ok: bool,
-    at_min: int,
-    last_success_min: int | None,
-    error: str | None = "HTTP 503",
-    auth: bool = False,
-) -> list[str]:
-    alerts = workspace_alerts(
-        state,
-        workspace="prod",
-        ok=ok,
-        now_ms=at_min * MIN,
-        last_success_ms=None if last_success_min is None else last_success_min * MIN,
-        threshold_s=600,
-        error=error,
-        auth_failed=auth,
-    )
-    return [a.notify_type for a in alerts]
+class Subject:
+    """One workspace (or channel set) followed through decisions, keeping the state it returns."""
+
+    def __init__(self, state: AlertState | None = None) -> None:
+        self.state = state or AlertState()
+
+    def poll(
+        self,
+        *,
+        ok: bool,
+        at_min: int,
+        last_success_min: int | None,
+        error: str | None = "HTTP 503",
+        auth: bool = False,
+    ) -> list[Alert]:
+        health = WorkspaceHealth(
+            workspace="prod",
+            ok=ok,
+            last_success_ms=None if last_success_min is None else last_success_min * MIN,
+            error=error,
+            auth_failed=auth,
+        )
+        alerts, self.state = decide(
+            self.state,
+            workspaces=[health],
+            failing_channels={},
+            channels=[],
+            now_ms=at_min * MIN,
+            thresholds=THRESHOLDS,
+        )
+        return alerts
+
+    def kinds(self, **kw: object) -> list[str]:
+        return [a.notify_type for a in self.poll(**kw)]  # type: ignore[arg-type]
+
+    def channels(self, failing: Mapping[str, float], at_min: int) -> list[Alert]:
+        alerts, self.state = decide(
+            self.state,
+            workspaces=[],
+            failing_channels=failing,
+            channels=["slack", "mail"],
+            now_ms=at_min * MIN,
+            thresholds=THRESHOLDS,
+        )
+        return alerts
 
 
 def test_it_alerts_once_after_the_threshold_and_once_on_recovery() -> None:
     """Failures shorter than the threshold are silent; past it one alert, then one recovery."""
-    state = AlertState()
-    assert poll(state, ok=False, at_min=5, last_success_min=1) == []
-    assert poll(state, ok=False, at_min=10, last_success_min=1) == []
-    assert poll(state, ok=False, at_min=11, last_success_min=1) == ["failure"]
-    assert poll(state, ok=False, at_min=30, last_success_min=1) == []
-    assert poll(state, ok=True, at_min=31, last_success_min=1) == ["success"]
-    assert poll(state, ok=True, at_min=32, last_success_min=31) == []
+    ws = Subject()
+    assert ws.kinds(ok=False, at_min=5, last_success_min=1) == []
+    assert ws.kinds(ok=False, at_min=10, last_success_min=1) == []
+    assert ws.kinds(ok=False, at_min=11, last_success_min=1) == ["failure"]
+    assert ws.kinds(ok=False, at_min=30, last_success_min=1) == []
+    assert ws.kinds(ok=True, at_min=31, last_success_min=1) == ["success"]
+    assert ws.kinds(ok=True, at_min=32, last_success_min=31) == []
 
 
 def test_it_measures_from_the_first_failure_when_never_successful() -> None:
     """Without any successful poll the outage is timed from the first failure runwatch saw."""
-    state = AlertState()
-    assert poll(state, ok=False, at_min=100, last_success_min=None) == []
-    assert poll(state, ok=False, at_min=109, last_success_min=None) == []
-    assert poll(state, ok=False, at_min=110, last_success_min=None) == ["failure"]
+    ws = Subject()
+    assert ws.kinds(ok=False, at_min=100, last_success_min=None) == []
+    assert ws.kinds(ok=False, at_min=109, last_success_min=None) == []
+    assert ws.kinds(ok=False, at_min=110, last_success_min=None) == ["failure"]
 
 
 def test_it_calls_out_a_rejected_secret_key() -> None:
     """An auth failure says the secret key was rejected, and never includes the key."""
-    state = AlertState()
-    alerts = workspace_alerts(
-        state,
-        workspace="prod",
-        ok=False,
-        now_ms=20 * MIN,
-        last_success_ms=0,
-        threshold_s=600,
-        error="401 from Vi",
-        auth_failed=True,
-    )
-    assert len(alerts) == 1
-    assert "secret key was rejected" in alerts[0].body
+    [alert] = Subject().poll(ok=False, at_min=20, last_success_min=0, error="401", auth=True)
+    assert "secret key was rejected" in alert.body
+
+
+def test_it_leaves_the_state_it_was_given_unchanged() -> None:
+    """A decision returns a new state: a caller whose commit failed can decide again."""
+    before = AlertState()
+    health = WorkspaceHealth(workspace="prod", ok=False, last_success_ms=0)
+    first, after = decide(
+        before, workspaces=[health], failing_channels={}, channels=[], now_ms=20 * MIN,
+        thresholds=THRESHOLDS,
+    )  # fmt: skip
+    again, _ = decide(
+        before, workspaces=[health], failing_channels={}, channels=[], now_ms=20 * MIN,
+        thresholds=THRESHOLDS,
+    )  # fmt: skip
+    assert before == AlertState() and after.down == {"workspace:prod": 20 * MIN}
+    assert [a.key for a in first] == [a.key for a in again]
 
 
 def test_it_survives_a_restart_through_its_json_state() -> None:
     """State round-trips through JSON, so a restart mid-outage neither repeats nor forgets."""
-    state = AlertState()
-    assert poll(state, ok=False, at_min=20, last_success_min=0) == ["failure"]
-    restored = AlertState.from_json(state.to_json())
-    assert poll(restored, ok=False, at_min=25, last_success_min=0) == []
-    assert poll(restored, ok=True, at_min=26, last_success_min=0) == ["success"]
+    ws = Subject()
+    assert ws.kinds(ok=False, at_min=20, last_success_min=0) == ["failure"]
+    restored = Subject(AlertState.from_json(ws.state.to_json()))
+    assert restored.kinds(ok=False, at_min=25, last_success_min=0) == []
+    assert restored.kinds(ok=True, at_min=26, last_success_min=0) == ["success"]
 
 
 def test_it_alerts_about_a_failing_channel_to_the_others_only() -> None:
     """A channel failing past its threshold is reported, excluded from its own alert."""
-    state = AlertState()
-    kw = {"channels": ["slack", "mail"], "threshold_s": 1800}
-    assert channel_alerts(state, failing={"slack": 0.0}, now_ms=29 * MIN, **kw) == []  # type: ignore[arg-type]
-    [down] = channel_alerts(state, failing={"slack": 0.0}, now_ms=31 * MIN, **kw)  # type: ignore[arg-type]
+    subject = Subject()
+    assert subject.channels({"slack": 0.0}, at_min=29) == []
+    [down] = subject.channels({"slack": 0.0}, at_min=31)
     assert down.exclude_channel == "slack" and "slack" in down.title
-    assert channel_alerts(state, failing={"slack": 0.0}, now_ms=60 * MIN, **kw) == []  # type: ignore[arg-type]
-    [up] = channel_alerts(state, failing={}, now_ms=61 * MIN, **kw)  # type: ignore[arg-type]
+    assert subject.channels({"slack": 0.0}, at_min=60) == []
+    [up] = subject.channels({}, at_min=61)
     assert up.notify_type == "success"
     assert AlertState.from_json("garbage").down == {}

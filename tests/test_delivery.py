@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from harness import FakeClock
 from receiver import Receiver
 
 from runwatch.config.loading import DeliveryConfig
@@ -17,31 +18,14 @@ from runwatch.core.model import Condition, Event, OutboxItem
 from runwatch.delivery.apprise_channel import Channel, build_channels, route_apprise_logging
 from runwatch.delivery.worker import Deliverer
 from runwatch.errors import ConfigError
-from runwatch.state.sqlite import PollCommit, Store
+from runwatch.state.sqlite import SqliteStore
+from runwatch.state.store import PollCommit
 
 ORG = "org-1"
 T0 = 1_760_000_000.0  # epoch seconds of the fake clock's start
 CONFIG = DeliveryConfig(
     max_age=3_600.0, initial_backoff=30.0, max_backoff=240.0, timeout=5.0, min_interval=0.0
 )
-
-
-class FakeClock:
-    """Epoch seconds that move only when told to (or when the worker "sleeps")."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Results:
@@ -56,16 +40,16 @@ class Results:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    with Store.open(tmp_path / "state.db", clock=clock) as s:
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[SqliteStore]:
+    with SqliteStore.open(tmp_path / "state.db", clock=clock) as s:
         yield s
 
 
-def enqueue(store: Store, clock: FakeClock, channels: list[str], runs: list[str]) -> None:
+def enqueue(store: SqliteStore, clock: FakeClock, channels: list[str], runs: list[str]) -> None:
     """Commit one poll whose events (one per run, in order) go to every channel."""
     now_ms = int(clock() * 1000)
     events = [
@@ -105,7 +89,7 @@ def attempts_to(receiver: Receiver, path: str) -> int:
 
 
 async def test_it_sends_a_pending_row_and_marks_it_sent(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """A due row reaches the channel's URL through Apprise and is not sent again."""
     results = Results()
@@ -129,7 +113,7 @@ async def test_it_sends_a_pending_row_and_marks_it_sent(
 
 
 async def test_it_backs_off_a_refusing_channel_while_serving_another(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """A channel answering 500 is retried with doubling backoff; the other is served meanwhile."""
     receiver.set_mode("fail", "bad")
@@ -183,7 +167,7 @@ async def test_it_backs_off_a_refusing_channel_while_serving_another(
 
 
 async def test_it_marks_rows_dead_past_max_age_and_logs_them(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """Rows that come due older than max_age are dead, logged and counted, and not sent."""
     receiver.set_mode("fail")
@@ -219,7 +203,7 @@ async def test_it_marks_a_row_dead_when_it_fails_past_max_age(
     receiver.set_mode("hang")
     config = DeliveryConfig(max_age=0.3, timeout=1.0, min_interval=0.0)
     results = Results()
-    with Store.open(tmp_path / "state.db") as store:
+    with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
             store, build_channels({"slow": [receiver.apprise_url()]}), config, on_result=results
         )
@@ -235,7 +219,7 @@ async def test_it_marks_a_row_dead_when_it_fails_past_max_age(
 
 
 async def test_it_times_out_a_hanging_channel_without_delaying_another(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """A channel that never answers times out, while the other channel's messages go through."""
     # "a-stuck" sorts first: served one after the other, "z-good" would wait for its timeout.
@@ -264,7 +248,7 @@ async def test_it_times_out_a_hanging_channel_without_delaying_another(
     assert deliverer.failing_channels() == {"a-stuck": T0}
 
 
-async def test_it_fails_cleanly_on_an_unreachable_url(store: Store, clock: FakeClock) -> None:
+async def test_it_fails_cleanly_on_an_unreachable_url(store: SqliteStore, clock: FakeClock) -> None:
     """A URL nobody listens on is a failed attempt with a retry, not an exception."""
     channels = build_channels({"void": ["json://127.0.0.1:1/"]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock)
@@ -280,7 +264,7 @@ async def test_it_fails_cleanly_on_an_unreachable_url(store: Store, clock: FakeC
 
 
 async def test_it_requires_every_url_of_a_channel_to_succeed(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """A channel with one refusing URL out of two is a failure, retried later (at-least-once)."""
     receiver.set_mode("fail", "b")
@@ -299,12 +283,12 @@ async def test_it_requires_every_url_of_a_channel_to_succeed(
 
 
 async def test_it_paces_sends_on_one_channel(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """Two sends on a channel are at least min_interval apart; other channels are not paced."""
     config = DeliveryConfig(min_interval=2.0, timeout=5.0)
     channels = build_channels({"ops": [receiver.apprise_url("ops")]})
-    deliverer = Deliverer(store, channels, config, clock=clock, sleep=clock.sleep)
+    deliverer = Deliverer(store, channels, config, clock=clock)
     enqueue(store, clock, ["ops"], ["r0", "r1", "r2"])
 
     assert await deliverer.deliver_due() == 3
@@ -314,7 +298,7 @@ async def test_it_paces_sends_on_one_channel(
 
 
 async def test_it_keeps_rows_of_an_unconfigured_channel_pending(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """Rows for a channel no longer configured wait (logged once) until a reload brings it back."""
     deliverer = Deliverer(store, {}, CONFIG, clock=clock)
@@ -334,7 +318,7 @@ async def test_it_keeps_rows_of_an_unconfigured_channel_pending(
 
 
 async def test_it_runs_until_stopped_and_wakes_on_demand(
-    store: Store, clock: FakeClock, receiver: Receiver
+    store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """The loop delivers what is committed when woken, and returns once stop is set."""
     channels = build_channels({"ops": [receiver.apprise_url("ops")]})

@@ -13,12 +13,14 @@ from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
+from harness import FakeClock
 
 from runwatch.config.loading import DeliveryConfig
 from runwatch.core.model import Condition, Event, OutboxItem
 from runwatch.delivery.apprise_channel import build_channels
 from runwatch.delivery.worker import Deliverer
-from runwatch.state.sqlite import PollCommit, Store
+from runwatch.state.sqlite import SqliteStore
+from runwatch.state.store import PollCommit
 
 T0 = 1_760_000_000_000
 
@@ -58,7 +60,7 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
         controller.stop()
 
 
-def commit_failures(store: Store, runs: list[str]) -> None:
+def commit_failures(store: SqliteStore, runs: list[str]) -> None:
     events = [
         Event(
             kind="transition",
@@ -97,9 +99,9 @@ async def test_it_sends_markdown_as_a_multipart_email(
     mailbox, port = smtp
     url = f"mailto://127.0.0.1:{port}?from=runwatch@example.com&to=ops@example.com"
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
-    with Store.open(tmp_path / "state.db") as store:
+    with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, build_channels({"oncall": [url]}), config, clock=lambda: T0 / 1000
+            store, build_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1"])
 
@@ -124,9 +126,9 @@ async def test_it_sends_emails_back_to_back_without_apprise_pacing(
     mailbox, port = smtp
     url = f"mailto://127.0.0.1:{port}?from=runwatch@example.com&to=ops@example.com"
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
-    with Store.open(tmp_path / "state.db") as store:
+    with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, build_channels({"oncall": [url]}), config, clock=lambda: T0 / 1000
+            store, build_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1", "r2", "r3"])
 

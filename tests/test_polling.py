@@ -20,26 +20,14 @@ from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
 from runwatch.core.model import FAILED, PENDING, RUNNING, SUCCEEDED, Condition, RunState
+from runwatch.core.run_index import RunIndex
 from runwatch.service.daemon import Daemon, PollReport
 from runwatch.simulator.server import Simulator
-from runwatch.vi.poller import RunIndex
 
 INTERVAL_S = 30.0
 FULL_RESYNC_S = 900.0  # the default, 15 minutes
 TITLE = "{{ kind }} {{ run_id }} {{ condition }}"  # identifies a message at the receiver
 ALL_EVENTS = {"event": ["transition", "new", "deleted"]}
-
-
-class RecordingClock(FakeClock):
-    """A FakeClock that also remembers every sleep asked of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sleeps: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await super().sleep(seconds)
 
 
 @contextlib.asynccontextmanager
@@ -389,7 +377,7 @@ async def test_it_sends_if_none_match_and_takes_a_304_as_unchanged(tmp_path: Pat
 async def test_it_paces_requests_to_max_requests_per_second(tmp_path: Path) -> None:
     """At 1 request a second, the 6 requests of a poll wait 1, 2, ... 5 s for their slots."""
     with Simulator(runs=300, active=5, seed=9) as sim:
-        clock = RecordingClock()
+        clock = FakeClock()
         async with watching(tmp_path, sim, clock=clock):
             pass  # the baseline, unpaced
         # Restarted with a cap: a fresh token bucket, and a poll of one page and 5 GETs.
@@ -425,7 +413,10 @@ def state(run_id: str, created: int, condition: str | None) -> RunState:
 
 def test_it_keeps_the_index_in_step_with_every_write() -> None:
     """Unfinished runs, the watermark and listing depths follow sets, updates and deletions."""
-    index = RunIndex({"a": state("a", 10, SUCCEEDED), "b": state("b", 20, RUNNING)})
+    finished = frozenset({SUCCEEDED, FAILED})
+    index = RunIndex(
+        {"a": state("a", 10, SUCCEEDED), "b": state("b", 20, RUNNING)}, terminal=finished
+    )
     assert (index.newest_created(), index.created_after(10), len(index)) == (20, 1, 2)
 
     index["c"] = state("c", 30, PENDING)
@@ -433,20 +424,14 @@ def test_it_keeps_the_index_in_step_with_every_write() -> None:
     index["e"] = state("e", 5, FAILED)
     assert index.newest_created() == 40
     assert [index.created_after(t) for t in (0, 5, 10, 25, 40)] == [5, 4, 3, 2, 0]
-    assert {s.run_id for s in index.unfinished(frozenset({SUCCEEDED, FAILED}))} == {"b", "c", "d"}
-    assert {s.run_id for s in index.unfinished(frozenset({SUCCEEDED, FAILED, PENDING}))} == {
-        "b",
-        "d",
-    }
+    assert {s.run_id for s in index.unfinished()} == {"b", "c", "d"}
+    pending_final = RunIndex(index, terminal=finished | {PENDING})  # a configured terminal set
+    assert {s.run_id for s in pending_final.unfinished()} == {"b", "d"}
 
     index["b"] = state("b", 20, SUCCEEDED)  # finished: no longer refreshed
     index["a"] = state("a", 50, SUCCEEDED)  # a creation time that moved
     del index["d"]
     assert index.pop("c").run_id == "c"
-    assert (index.newest_created(), sorted(index), index.unfinished(frozenset())) == (
-        50,
-        ["a", "b", "e"],
-        [],
-    )
+    assert (index.newest_created(), sorted(index), index.unfinished()) == (50, ["a", "b", "e"], [])
     assert [index.created_after(t) for t in (0, 5, 20, 50)] == [3, 2, 1, 0]
     assert "d" not in index and index.get("d") is None and index.get("a") is not None

@@ -33,7 +33,7 @@ from runwatch.service.daemon import SHUTDOWN_GRACE_S, Daemon
 from runwatch.service.http import HealthServer
 from runwatch.service.sdnotify import Notifier
 from runwatch.simulator.server import Fault, Simulator
-from runwatch.state.sqlite import Store
+from runwatch.state.sqlite import SqliteStore
 
 Datagram = dict[str, str]
 WAIT = 15.0  # seconds a test waits for a condition before it fails
@@ -273,7 +273,7 @@ def start_delivery_to_a_hanging_channel(
 
 def pending_rows(cfg: Path) -> tuple[int, str | None, int | None]:
     """(pending count, the slow channel's head row title, its attempts) from the state file."""
-    with Store.open(load_config(cfg).state.path) as store:
+    with SqliteStore.open(load_config(cfg).state.path) as store:
         stats = store.outbox_stats(int(time.time() * 1000))
         row = store.next_pending("slow")
     return stats.pending, None if row is None else row.title, None if row is None else row.attempts
@@ -465,7 +465,7 @@ async def test_it_stops_pinging_the_watchdog_while_a_poll_hangs(
             poll={"request_timeout": "5m", "max_retry_after": "0s"},
         )
         notifier = Notifier({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "100000"})
-        with Store.open(load_config(cfg).state.path) as store:
+        with SqliteStore.open(load_config(cfg).state.path) as store:
             daemon = Daemon(load_config(cfg), store, notifier=notifier)
             daemon.heartbeat.stall_after_s = 0.5
             stop = asyncio.Event()

@@ -15,16 +15,12 @@ from typing import Any
 
 import pytest
 
-from runwatch.core.model import Condition, Event, RunState
+from runwatch.core.model import Condition, Event, OutboxItem, RunState
 from runwatch.errors import StoreError
-from runwatch.state.sqlite import (
-    RETENTION_MS,
-    RUN_STATE_FIELDS,
-    SCHEMA_VERSION,
-    OutboxItem,
-    PollCommit,
-    Store,
-)
+from runwatch.state.rows import RUN_STATE_FIELDS
+from runwatch.state.sqlite import SqliteStore
+from runwatch.state.sqlite_schema import RETENTION_MS, SCHEMA_VERSION
+from runwatch.state.store import PollCommit
 
 ORG = "org-1"
 T0 = 1_760_000_000_000  # epoch ms
@@ -83,8 +79,8 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[Store]:
-    with Store.open(db, clock=lambda: T0 / 1000) as s:
+def store(db: Path) -> Iterator[SqliteStore]:
+    with SqliteStore.open(db, clock=lambda: T0 / 1000) as s:
         yield s
 
 
@@ -111,7 +107,7 @@ def read_only(path: Path) -> Iterator[None]:
 
 def test_it_creates_the_schema_on_first_open(db: Path) -> None:
     """A new file gets the current schema, WAL mode, and an empty state."""
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         meta = store.workspace(ORG)
         assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (None,) * 3
         assert store.load_runs(ORG) == {}
@@ -125,7 +121,7 @@ def test_it_creates_the_schema_on_first_open(db: Path) -> None:
 def test_it_keeps_state_across_a_reopen(db: Path) -> None:
     """Runs, workspace bookkeeping, events, outbox rows and meta survive closing the file."""
     ev = event("r1", "Failed", T0)
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         inserted = store.commit_poll(
             PollCommit(
                 organization_id=ORG,
@@ -140,7 +136,7 @@ def test_it_keeps_state_across_a_reopen(db: Path) -> None:
         store.set_meta("alerts", '{"down": {}}')
         before = store.load_runs(ORG)
     assert inserted == 1
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         assert store.load_runs(ORG) == before
         assert set(before) == {"r1", "r2"}
         meta = store.workspace(ORG)
@@ -155,7 +151,7 @@ def test_it_keeps_state_across_a_reopen(db: Path) -> None:
     assert payload["run_id"] == "r1"
 
 
-def test_it_round_trips_every_run_state_field(store: Store) -> None:
+def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
     """Every field of RunState comes back as it was written, including absent ones."""
     assert {f.name for f in dataclasses.fields(RunState)} == RUN_STATE_FIELDS
     full = RunState(
@@ -182,7 +178,7 @@ def test_it_round_trips_every_run_state_field(store: Store) -> None:
     assert store.load_runs(ORG) == {"full": full, "bare": bare}
 
 
-def test_it_updates_and_deletes_runs(store: Store) -> None:
+def test_it_updates_and_deletes_runs(store: SqliteStore) -> None:
     """A later commit replaces a run's state and drops the runs it lists as deleted."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("a"), run("b")]))
     store.commit_poll(
@@ -198,7 +194,7 @@ def test_it_updates_and_deletes_runs(store: Store) -> None:
     assert runs["a"].latest == cond("Succeeded", T0 + 1)
 
 
-def test_it_keeps_workspace_bookkeeping(store: Store) -> None:
+def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
     """Baseline and full-listing times only move when the commit says so; failures are noted."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, baseline=True))
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0 + 10, full_listing=True))
@@ -215,7 +211,7 @@ def test_it_keeps_workspace_bookkeeping(store: Store) -> None:
     assert store.workspace("org-never-polled").baselined_at is None
 
 
-def test_it_lists_tracked_runs_by_organization_newest_first(store: Store) -> None:
+def test_it_lists_tracked_runs_by_organization_newest_first(store: SqliteStore) -> None:
     """`runwatch runs` sees every organization, each with its newest run first."""
     store.commit_poll(
         PollCommit(organization_id="b", polled_at=T0, upserts=[run("b1", org="b", at=T0)])
@@ -246,16 +242,16 @@ def test_it_does_not_enqueue_an_event_already_recorded(db: Path) -> None:
     )
     # Seen again, now also routed to a channel added since: still nothing new to send.
     again = dataclasses.replace(commit, outbox=[*commit.outbox, item(ev, "pager")])
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         assert store.commit_poll(commit) == 2
         assert store.commit_poll(dataclasses.replace(again, polled_at=T0 + 1)) == 0
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         assert store.commit_poll(dataclasses.replace(again, polled_at=T0 + 2)) == 0
         assert store.outbox_stats(T0).pending_by_channel == {"email": 1, "slack": 1}
     assert query(db, "SELECT count(*) FROM events") == [(1,)]
 
 
-def test_it_enqueues_an_event_once_per_channel(store: Store) -> None:
+def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
     """Two items for the same event and channel in one commit make one row."""
     ev = event("r1", "Failed", T0)
     commit = PollCommit(
@@ -269,7 +265,7 @@ def test_it_enqueues_an_event_once_per_channel(store: Store) -> None:
     assert row is not None and row.title == "first"
 
 
-def test_it_enqueues_alerts_once_per_key_and_channel(store: Store) -> None:
+def test_it_enqueues_alerts_once_per_key_and_channel(store: SqliteStore) -> None:
     """Messages that belong to no poll go in through `enqueue`, once per key and channel."""
     alert = OutboxItem(
         event_key="alert/channel:slack/down/1",
@@ -285,7 +281,7 @@ def test_it_enqueues_alerts_once_per_key_and_channel(store: Store) -> None:
     assert store.outbox_stats(T0).pending_by_channel == {"oncall": 1}
 
 
-def test_it_commits_a_poll_atomically(store: Store) -> None:
+def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
     """A commit that fails at its last statement leaves no run, event or row behind."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("r1")]))
     ev = event("r1", "Failed", T0 + 1)
@@ -316,7 +312,7 @@ def test_it_commits_a_poll_atomically(store: Store) -> None:
     )
 
 
-def test_it_serves_each_channel_oldest_first(store: Store) -> None:
+def test_it_serves_each_channel_oldest_first(store: SqliteStore) -> None:
     """Each channel's head is its oldest pending row, and a row waiting to retry stays head."""
     events = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
     for i, ev in enumerate(events):
@@ -347,7 +343,7 @@ def test_it_serves_each_channel_oldest_first(store: Store) -> None:
     assert email is not None and email.run_key == f"{ORG}/r0"
 
 
-def test_it_counts_pending_and_dead_rows(store: Store) -> None:
+def test_it_counts_pending_and_dead_rows(store: SqliteStore) -> None:
     """Outbox stats count pending and dead rows per channel and age the oldest pending one."""
     evs = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
     store.commit_poll(
@@ -375,7 +371,7 @@ def test_it_counts_pending_and_dead_rows(store: Store) -> None:
     ]
 
 
-def test_it_prunes_old_sent_rows_and_events_but_keeps_dead_ones(store: Store) -> None:
+def test_it_prunes_old_sent_rows_and_events_but_keeps_dead_ones(store: SqliteStore) -> None:
     """After 30 days sent rows and their events go; dead rows and their events stay."""
     sent_ev, dead_ev, fresh_ev = (event(f"r{i}", "Failed", T0 + i) for i in range(3))
     store.commit_poll(
@@ -419,7 +415,7 @@ def test_it_refuses_a_database_from_a_newer_schema(db: Path) -> None:
     conn.close()
     before = db.read_bytes()
     with pytest.raises(StoreError, match=r"newer runwatch \(schema 2 > 1\); upgrade runwatch"):
-        Store.open(db)
+        SqliteStore.open(db)
     assert db.read_bytes() == before
 
 
@@ -429,14 +425,14 @@ def test_it_refuses_a_file_that_is_not_a_database(db: Path) -> None:
     db.write_bytes(b"this is not sqlite " * 500)
     before = db.read_bytes()
     with pytest.raises(StoreError, match=r"corrupt or not a runwatch database.*refusing"):
-        Store.open(db)
+        SqliteStore.open(db)
     assert db.read_bytes() == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["state.db"]
 
 
 def test_it_refuses_a_database_damaged_inside(db: Path) -> None:
     """A file with a valid header but a damaged page fails the integrity check at open."""
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         store.commit_poll(
             PollCommit(
                 organization_id=ORG,
@@ -449,7 +445,7 @@ def test_it_refuses_a_database_damaged_inside(db: Path) -> None:
     data[5 * page : 6 * page] = b"\x5a" * page
     db.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"corrupt.*quick_check"):
-        Store.open(db)
+        SqliteStore.open(db)
     assert db.read_bytes() == bytes(data)
 
 
@@ -460,7 +456,7 @@ def test_it_refuses_another_programs_database(db: Path) -> None:
     conn.execute("CREATE TABLE notes (text TEXT)")
     conn.close()
     with pytest.raises(StoreError, match="another program"):
-        Store.open(db)
+        SqliteStore.open(db)
     assert query(db, "SELECT name FROM sqlite_master") == [("notes",)]
 
 
@@ -469,7 +465,7 @@ def test_it_reports_a_directory_it_cannot_create(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     with read_only(locked), pytest.raises(StoreError, match="cannot create the directory"):
-        Store.open(locked / "sub" / "state.db")
+        SqliteStore.open(locked / "sub" / "state.db")
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
@@ -478,22 +474,22 @@ def test_it_reports_a_read_only_directory(tmp_path: Path, existing: bool) -> Non
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     if existing:
-        Store.open(state_dir / "state.db").close()
+        SqliteStore.open(state_dir / "state.db").close()
     with read_only(state_dir), pytest.raises(StoreError, match="writable by the user"):
-        Store.open(state_dir / "state.db")
+        SqliteStore.open(state_dir / "state.db")
 
 
 def test_it_reports_a_read_only_file(db: Path) -> None:
     """A state file it cannot write is reported at open, not at the first poll."""
-    Store.open(db).close()
+    SqliteStore.open(db).close()
     with read_only(db), pytest.raises(StoreError, match="is read-only"):
-        Store.open(db)
+        SqliteStore.open(db)
 
 
 def test_it_rolls_back_a_commit_when_the_disk_is_full_and_stays_usable(db: Path) -> None:
     """A commit that hits a full disk writes nothing, and the store takes the next commit."""
     ev = event("r0", "Failed", T0)
-    with Store.open(db, max_pages=64) as store:  # 64 pages of 4 KiB: a tiny "disk"
+    with SqliteStore.open(db, max_pages=64) as store:  # 64 pages of 4 KiB: a tiny "disk"
         store.commit_poll(
             PollCommit(
                 organization_id=ORG,
@@ -536,7 +532,7 @@ def test_it_rolls_back_a_commit_when_the_disk_is_full_and_stays_usable(db: Path)
             == 1
         )
         assert len(store.load_runs(ORG)) == 11
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         assert len(store.load_runs(ORG)) == 11
 
 
@@ -558,11 +554,11 @@ def test_it_commits_and_loads_a_100k_run_baseline(db: Path) -> None:
         )
         for i in range(100_000)
     ]
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         store.commit_poll(
             PollCommit(organization_id=ORG, polled_at=T0, upserts=runs, baseline=True)
         )
-    with Store.open(db) as store:
+    with SqliteStore.open(db) as store:
         loaded = store.load_runs(ORG)
     assert len(loaded) == 100_000
     assert loaded == {r.run_id: r for r in runs}

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from runwatch.cli.main import install_signal_handlers
+from runwatch.cli.signals import install_signal_handlers
 from runwatch.config.loading import parse_config
 from runwatch.delivery.apprise_channel import route_apprise_logging
 from runwatch.delivery.console import register_console_schema
 from runwatch.logs import register_secrets
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
-from runwatch.state.sqlite import Store
+from runwatch.state.sqlite import SqliteStore
 
 CONFIG = """
 workspaces:
@@ -88,12 +88,6 @@ def _story(sim: Simulator) -> list[Step]:
     ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=int, default=40, help="runs in the simulated organization")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds")
-
-
 def main(args: argparse.Namespace) -> int:
     return asyncio.run(play(runs=args.runs, seed=args.seed, interval=args.interval))
 
@@ -138,7 +132,7 @@ async def play(
         out.flush()
         stop = asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, None)
-        with Store.open(config.state.path) as store:
+        with SqliteStore.open(config.state.path) as store:
             daemon = Daemon(config, store)
             story = _story(sim)
             task = asyncio.create_task(daemon.run(stop))

@@ -4,12 +4,19 @@ Theory: each subject (a workspace, a channel) is either healthy or down. It goes
 it has been failing for longer than its threshold, measured from its last success (or from
 the first failure seen, when it never succeeded since start-up); going down sends one
 alert, coming back sends one recovery, and nothing is sent in between however long the
-outage lasts. The state is plain data the daemon persists, so a restart during an outage
-neither repeats the alert nor forgets to send the recovery.
+outage lasts.
+
+`decide` is a function: (state, what the cycle saw, now) -> (alerts, new state). It never
+changes its argument, so the shell can commit the alerts' outbox rows and the new state in
+one transaction and, should that fail (a full disk), decide again next cycle from the state
+it still has: an alert is never marked sent without being enqueued. The state is plain data
+the store keeps, so a restart during an outage neither repeats the alert nor forgets to send
+the recovery.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,23 +30,63 @@ class Alert:
     exclude_channel: str | None = None  # a failing channel is not told about itself
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AlertState:
-    down: dict[str, int] = field(default_factory=dict)  # subject -> epoch ms the alert went out
-    failing_since: dict[str, int] = field(default_factory=dict)  # subject -> first failure seen
+    down: Mapping[str, int] = field(default_factory=dict)  # subject -> epoch ms alerted
+    failing_since: Mapping[str, int] = field(default_factory=dict)  # subject -> first failure
 
     def to_json(self) -> dict[str, dict[str, int]]:
         return {"down": dict(self.down), "failing_since": dict(self.failing_since)}
 
     @classmethod
     def from_json(cls, data: object) -> AlertState:
-        state = cls()
+        """The state stored as JSON; anything unreadable reads as "nothing is down"."""
+        parts: dict[str, dict[str, int]] = {"down": {}, "failing_since": {}}
         if isinstance(data, dict):
-            for name, target in (("down", state.down), ("failing_since", state.failing_since)):
+            for name, target in parts.items():
                 part = data.get(name)
                 if isinstance(part, dict):
-                    target.update({str(k): int(v) for k, v in part.items() if isinstance(v, int)})
-        return state
+                    target.update({str(k): v for k, v in part.items() if type(v) is int})
+        return cls(down=parts["down"], failing_since=parts["failing_since"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkspaceHealth:
+    """What one cycle learnt of a workspace's API."""
+
+    workspace: str
+    ok: bool
+    last_success_ms: int | None = None
+    error: str | None = None
+    auth_failed: bool = False  # the API rejected the secret key
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Thresholds:
+    api_down_after: float = 600.0  # seconds
+    channel_failing_after: float = 1_800.0
+
+
+def decide(
+    state: AlertState,
+    *,
+    workspaces: Sequence[WorkspaceHealth],
+    failing_channels: Mapping[str, float],  # channel -> epoch s since it fails
+    channels: Sequence[str],
+    now_ms: int,
+    thresholds: Thresholds,
+) -> tuple[list[Alert], AlertState]:
+    """The alerts due now and the state that goes with them; `state` is left as it was."""
+    down = dict(state.down)
+    failing_since = dict(state.failing_since)
+    alerts: list[Alert] = []
+    for health in workspaces:
+        alerts += _workspace(down, failing_since, health, now_ms, thresholds.api_down_after)
+    for channel in channels:
+        alerts += _channel(
+            down, channel, failing_channels.get(channel), now_ms, thresholds.channel_failing_after
+        )
+    return alerts, AlertState(down=down, failing_since=failing_since)
 
 
 def _iso(ms: int) -> str:
@@ -51,23 +98,18 @@ def _minutes(ms: int) -> str:
     return f"{minutes // 60}h {minutes % 60}m" if minutes >= 60 else f"{minutes}m"
 
 
-def workspace_alerts(
-    state: AlertState,
-    *,
-    workspace: str,
-    ok: bool,
+def _workspace(
+    down: dict[str, int],
+    failing_since: dict[str, int],
+    health: WorkspaceHealth,
     now_ms: int,
-    last_success_ms: int | None,
     threshold_s: float,
-    error: str | None = None,
-    auth_failed: bool = False,
 ) -> list[Alert]:
-    """Alerts for one poll result of `workspace`; updates `state` in place."""
+    workspace = health.workspace
     subject = f"workspace:{workspace}"
-    if ok:
-        state.failing_since.pop(subject, None)
-        since = state.down.pop(subject, None)
-        if since is None:
+    if health.ok:
+        failing_since.pop(subject, None)
+        if down.pop(subject, None) is None:
             return []
         return [
             Alert(
@@ -77,17 +119,18 @@ def workspace_alerts(
                 notify_type="success",
             )
         ]
-    first = state.failing_since.setdefault(subject, now_ms)
-    start = last_success_ms if last_success_ms is not None else first
-    if subject in state.down or now_ms - start < threshold_s * 1000:
+    first = failing_since.setdefault(subject, now_ms)
+    last_success = health.last_success_ms
+    start = last_success if last_success is not None else first
+    if subject in down or now_ms - start < threshold_s * 1000:
         return []
-    state.down[subject] = now_ms
+    down[subject] = now_ms
     why = (
         "the secret key was rejected (check secret_key / secret_key_file)"
-        if auth_failed
-        else (error or "unknown error")
+        if health.auth_failed
+        else (health.error or "unknown error")
     )
-    last = _iso(last_success_ms) if last_success_ms is not None else "never since start"
+    last = _iso(last_success) if last_success is not None else "never since start"
     return [
         Alert(
             key=f"alert/{subject}/down/{now_ms}",
@@ -102,45 +145,34 @@ def workspace_alerts(
     ]
 
 
-def channel_alerts(
-    state: AlertState,
-    *,
-    failing: dict[str, float],
-    channels: list[str],
-    now_ms: int,
-    threshold_s: float,
+def _channel(
+    down: dict[str, int], channel: str, since_s: float | None, now_ms: int, threshold_s: float
 ) -> list[Alert]:
-    """Alerts for channels failing continuously (channel -> epoch s since) longer than threshold."""
-    alerts: list[Alert] = []
-    for channel in channels:
-        subject = f"channel:{channel}"
-        since_s = failing.get(channel)
-        if since_s is None:
-            if state.down.pop(subject, None) is not None:
-                alerts.append(
-                    Alert(
-                        key=f"alert/{subject}/recovered/{now_ms}",
-                        title=f"✅ runwatch: channel {channel} delivers again",
-                        body=f"Notifications to {channel} are being delivered again.",
-                        notify_type="success",
-                        exclude_channel=None,
-                    )
-                )
-            continue
-        since_ms = int(since_s * 1000)
-        if subject in state.down or now_ms - since_ms < threshold_s * 1000:
-            continue
-        state.down[subject] = now_ms
-        alerts.append(
+    subject = f"channel:{channel}"
+    if since_s is None:
+        if down.pop(subject, None) is None:
+            return []
+        return [
             Alert(
-                key=f"alert/{subject}/down/{now_ms}",
-                title=f"🚨 runwatch: channel {channel} is failing",
-                body=(
-                    f"Deliveries to {channel} have failed for {_minutes(now_ms - since_ms)}. "
-                    "Its messages are kept and retried until delivery.max_age."
-                ),
-                notify_type="failure",
-                exclude_channel=channel,
+                key=f"alert/{subject}/recovered/{now_ms}",
+                title=f"✅ runwatch: channel {channel} delivers again",
+                body=f"Notifications to {channel} are being delivered again.",
+                notify_type="success",
             )
+        ]
+    since_ms = int(since_s * 1000)
+    if subject in down or now_ms - since_ms < threshold_s * 1000:
+        return []
+    down[subject] = now_ms
+    return [
+        Alert(
+            key=f"alert/{subject}/down/{now_ms}",
+            title=f"🚨 runwatch: channel {channel} is failing",
+            body=(
+                f"Deliveries to {channel} have failed for {_minutes(now_ms - since_ms)}. "
+                "Its messages are kept and retried until delivery.max_age."
+            ),
+            notify_type="failure",
+            exclude_channel=channel,
         )
-    return alerts
+    ]

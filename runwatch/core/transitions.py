@@ -40,6 +40,16 @@ module decides, so these are the semantics, in full:
   (`detect_deletions`): it is dropped from state and an Event of kind "deleted" carries
   its last known condition as `previous` and `current=None`. Whether anyone hears of it is
   up to the rules.
+- **Finished.** A run is finished when its latest condition is terminal: the built-in
+  Succeeded, Failed, Error, Cancelled, plus `poll.terminal_conditions` (`terminal_conditions`).
+  Finished runs are not re-fetched between full listings; they still count in every diff.
+
+Folding a poll (`Fold`): a poll sees its runs page by page, each page diffed against the
+known runs as the pages before it changed them, so a run listed twice is one change. A run
+that could not be decoded is still there: its id counts as seen, so it never looks deleted.
+Deletions are concluded only from a complete listing (every page to the last), whatever kind
+of poll walked it: a steady-state walk that reached the end of a small listing is as
+complete as a full resync, and is recorded as one (`Fold.result(complete=True)`).
 
 Events take their descriptive fields (flow, project, attributes, log, ...) from the
 observation, the workspace name from the configuration, and `detected_at` from the poll's
@@ -48,10 +58,14 @@ clock, passed in as `now_ms`: this module reads no clock and does no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from typing import Literal
 
-from runwatch.core.model import Condition, Event, EventKind, Run, RunState
+from runwatch.core.model import TERMINAL_CONDITIONS, Condition, Event, EventKind, Run, RunState
+from runwatch.core.run_index import Overlay
+
+PollKind = Literal["baseline", "full", "incremental"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,6 +75,23 @@ class Diff:
     events: tuple[Event, ...]
     upserts: tuple[RunState, ...]  # RunStates to write: new runs and runs whose RunState changed
     deleted: tuple[str, ...]  # run ids to drop from state
+
+
+def terminal_conditions(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The conditions after which a run is finished: the built-in ones and `extra`."""
+    return TERMINAL_CONDITIONS | frozenset(extra)
+
+
+def choose_kind(
+    *, baselined_at: int | None, last_full_listing: int | None, now_ms: int, full_resync_s: float
+) -> PollKind:
+    """A workspace never polled is due a baseline; one not listed whole for `full_resync_s`
+    a full listing; any other an incremental poll."""
+    if baselined_at is None:
+        return "baseline"
+    if last_full_listing is None or now_ms - last_full_listing >= full_resync_s * 1000:
+        return "full"
+    return "incremental"
 
 
 def state_of(run: Run) -> RunState:
@@ -220,3 +251,51 @@ def _event(
         log=run.log,
         detected_at=now_ms,
     )
+
+
+class Fold:
+    """Folds the pages (and single GETs) of one poll into one Diff; see the module docstring."""
+
+    def __init__(
+        self, known: Mapping[str, RunState], *, workspace: str, baseline: bool, now_ms: int
+    ) -> None:
+        self.known = known
+        self.view = Overlay(known)
+        self.workspace = workspace
+        self.baseline = baseline
+        self.now_ms = now_ms
+        self.events: list[Event] = []
+        self.seen: set[str] = set()
+        self.unknown = 0  # distinct runs seen that were not known before this poll
+
+    def add(self, runs: Sequence[Run], skipped: Sequence[str] = ()) -> None:
+        """Fold in what one response showed: decoded runs, and ids it could not decode."""
+        for run_id in (*skipped, *(r.run_id for r in runs)):
+            if run_id in self.seen:
+                continue
+            stored = self.known.get(run_id)
+            if stored is None:
+                self.unknown += 1
+                self.seen.add(run_id)
+            else:
+                # The known id, not the equal one just decoded: a full listing of 100,000
+                # quiet runs then keeps no second copy of every id until it ends.
+                self.seen.add(stored.run_id)
+        diff = detect_transitions(
+            self.view, runs, workspace=self.workspace, baseline=self.baseline, now_ms=self.now_ms
+        )
+        self.events.extend(diff.events)
+        for state in diff.upserts:
+            self.view.changes[state.run_id] = state
+
+    def result(self, *, complete: bool) -> Diff:
+        """The poll's Diff; `complete`: the listing was walked to its end (deletions count)."""
+        events = list(self.events)
+        gone: tuple[str, ...] = ()
+        if complete and not self.baseline:
+            deleted = detect_deletions(
+                self.known, self.seen, workspace=self.workspace, now_ms=self.now_ms
+            )
+            events.extend(deleted.events)
+            gone = deleted.deleted
+        return Diff(events=tuple(events), upserts=tuple(self.view.changes.values()), deleted=gone)

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import structlog
 
-from runwatch.clock import wait_any
+from runwatch.clock import SYSTEM_CLOCK, Clock
 from runwatch.config.loading import DeliveryConfig
 from runwatch.delivery.apprise_channel import Channel
 from runwatch.errors import StoreError
-from runwatch.state.sqlite import OutboxRow, Store
+from runwatch.state.store import OutboxRow, StateStore
 
 log = structlog.get_logger("runwatch.delivery.worker")
 
@@ -47,13 +46,12 @@ class Deliverer:
 
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         channels: Mapping[str, Channel],
         config: DeliveryConfig,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         on_result: Callable[[str, str], None] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -61,7 +59,6 @@ class Deliverer:
         self._config = config
         self._clock = clock
         self._on_result = on_result
-        self._sleep = sleep  # for pacing; tests pass one that moves their fake clock
         self._rng = rng if rng is not None else random.Random()
         self._last_send: dict[str, float] = {}
         self._failing_since: dict[str, float] = {}
@@ -71,7 +68,7 @@ class Deliverer:
 
     def now_ms(self) -> int:
         # round, not int: 1_760_000_033.123 * 1000 may be ...122.99998, one ms short of due.
-        return round(self._clock() * 1000)
+        return round(self._clock.time() * 1000)
 
     async def deliver_due(self) -> int:
         """One pass over every channel at once; return the number of messages sent.
@@ -121,7 +118,7 @@ class Deliverer:
             result = await channel.send(
                 row.title, row.body, row.notify_type, timeout=self._config.timeout
             )
-            self._last_send[name] = self._clock()
+            self._last_send[name] = self._clock.time()
             now_ms = self.now_ms()
             if result.ok:
                 self._store.mark_sent(row.id, now_ms)
@@ -136,7 +133,7 @@ class Deliverer:
                 )
                 sent += 1
                 continue
-            self._failing_since.setdefault(name, self._clock())
+            self._failing_since.setdefault(name, self._clock.time())
             if now_ms - row.created_at > max_age_ms:
                 self._dead(row, now_ms, result.detail, attempted=True)
             else:
@@ -148,9 +145,9 @@ class Deliverer:
         if last is None:
             return
         # Capped at min_interval, so a clock stepping backwards cannot stall a channel.
-        wait = min(self._config.min_interval, last + self._config.min_interval - self._clock())
+        wait = min(self._config.min_interval, last + self._config.min_interval - self._clock.time())
         if wait > 0:
-            await self._sleep(wait)
+            await self._clock.sleep(wait)
 
     def _backoff(self, attempt: int) -> float:
         """Seconds before retrying after failed attempt number `attempt` (1 = the first)."""
@@ -232,7 +229,9 @@ class Deliverer:
             except StoreError as e:
                 # The store may recover (disk space freed); the rows are safe in it meanwhile.
                 log.error("delivery.store_failed", error=str(e), retry_in=STORE_RETRY)
-                await wait_any(stop, timeout=STORE_RETRY)
+                await self._clock.wait_any(stop, timeout=STORE_RETRY)
                 continue
             delay = self.next_due_in()
-            await wait_any(stop, wake, timeout=MAX_IDLE if delay is None else min(delay, MAX_IDLE))
+            await self._clock.wait_any(
+                stop, wake, timeout=MAX_IDLE if delay is None else min(delay, MAX_IDLE)
+            )

@@ -1,384 +1,53 @@
-"""The state store: what runwatch remembers across restarts, in one SQLite file.
+"""The embedded state store: runwatch's state in one SQLite file.
 
-Theory: the store is the pipeline's one point of durability. Everything one poll decided
-(the new run states, the events, one outbox row per event and channel) is written in ONE
-transaction by `commit_poll`, and nothing is sent before that commit: a crash between seeing
-a transition and sending it loses nothing, and a restart never re-detects a transition that
-was recorded, because an event's key is UNIQUE and a recorded event is never enqueued again.
-Delivery then works off the outbox, oldest first per channel, marking each row sent, due for
-a retry, or dead. Dead rows are kept for the operator; sent rows and old events are pruned
-after 30 days.
-
-How it fails: every sqlite3 error becomes a StoreError that says what to do. The store never
-resets, recreates or "repairs" a database it cannot use: starting over silently would
-re-baseline every workspace and swallow the notifications of the gap, so refusing loudly is
-the safer failure. A failed transaction is rolled back whole.
-
-One connection, one writer: WAL with synchronous=FULL (a commit lost on power failure is a
-notification lost), calls serialised by a lock so the daemon may call from a worker thread.
+Theory: see `runwatch.state.store` for what a store promises. Here: one connection, one
+writer, WAL with synchronous=FULL (a commit lost on power failure is a notification lost),
+calls serialised by a lock so the daemon may call from a worker thread; every write is one
+`BEGIN IMMEDIATE` transaction, committed whole or rolled back whole. Dead outbox rows are kept
+for the operator; sent rows and old events are pruned after 30 days.
 """
 
 from __future__ import annotations
 
-import functools
-import gc
-import json
-import shutil
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from types import MappingProxyType, TracebackType
-from typing import Any
+from types import TracebackType
 
 import structlog
 
-from runwatch.core.model import Condition, Event, OutboxItem, RunState
+from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
+from runwatch.state.rows import (
+    OUTBOX_COLUMNS,
+    RUN_COLUMNS,
+    event_payload,
+    gc_paused,
+    outbox_row,
+    run_from_row,
+    run_params,
+)
+from runwatch.state.sqlite_schema import (
+    APPLICATION_ID,
+    BUSY_TIMEOUT_MS,
+    MIGRATIONS,
+    PRUNE_EVERY_MS,
+    RETENTION_MS,
+    SCHEMA_VERSION,
+    corrupt,
+    store_error,
+)
+from runwatch.state.store import OutboxRow, OutboxStats, PollCommit, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.sqlite")
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
-RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
-PRUNE_EVERY_MS = 3_600_000
-BUSY_TIMEOUT_MS = 5_000
-LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free than this is taken for a full disk
 
-# Each migration is a list of statements applied in one transaction together with the
-# user_version bump, so a crash mid-migration leaves the previous version intact.
-# (Statements, not one script: executescript() would commit the transaction first.)
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        f"PRAGMA application_id = {APPLICATION_ID}",
-        """CREATE TABLE workspaces (
-            organization_id   TEXT PRIMARY KEY,
-            baselined_at      INTEGER,
-            last_full_listing INTEGER,
-            last_success      INTEGER,
-            last_failure      INTEGER,
-            last_error        TEXT
-        )""",
-        # WITHOUT ROWID: the primary key is the only way rows are found, and one b-tree
-        # instead of table + index halves the work of a 100,000-run baseline.
-        """CREATE TABLE runs (
-            organization_id      TEXT NOT NULL,
-            run_id               TEXT NOT NULL,
-            condition            TEXT,
-            status               TEXT,
-            last_transition_time INTEGER,
-            reason               TEXT,
-            message              TEXT,
-            time_created         INTEGER NOT NULL,
-            last_updated         INTEGER,
-            flow_name            TEXT,
-            training_project     TEXT,
-            etag                 TEXT,
-            log                  TEXT,
-            killed_at            INTEGER,
-            attributes           TEXT,
-            PRIMARY KEY (organization_id, run_id)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE events (
-            id              INTEGER PRIMARY KEY,
-            event_key       TEXT NOT NULL UNIQUE,
-            organization_id TEXT NOT NULL,
-            run_id          TEXT NOT NULL,
-            kind            TEXT NOT NULL,
-            payload         TEXT NOT NULL,
-            created_at      INTEGER NOT NULL
-        )""",
-        "CREATE INDEX events_created_at ON events (created_at)",
-        # AUTOINCREMENT: ids are never reused after pruning, so "oldest first" is "lowest id".
-        """CREATE TABLE outbox (
-            id              INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_key       TEXT NOT NULL,
-            channel         TEXT NOT NULL,
-            run_key         TEXT NOT NULL,
-            title           TEXT NOT NULL,
-            body            TEXT NOT NULL,
-            notify_type     TEXT NOT NULL,
-            state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
-            created_at      INTEGER NOT NULL,
-            attempts        INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at INTEGER NOT NULL,
-            last_attempt_at INTEGER,
-            last_error      TEXT,
-            sent_at         INTEGER,
-            dead_at         INTEGER
-        )""",
-        "CREATE INDEX outbox_channel_state_id ON outbox (channel, state, id)",
-        # Each channel hears about an event once, whoever enqueues it and however often.
-        "CREATE UNIQUE INDEX outbox_event_channel ON outbox (event_key, channel)",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class WorkspaceMeta:
-    organization_id: str
-    baselined_at: int | None  # epoch ms of the baseline poll; None = never polled successfully
-    last_full_listing: int | None  # epoch ms of the last complete listing
-    last_success: int | None  # epoch ms of the last successful poll (any kind)
-    last_failure: int | None = None  # epoch ms of the last failed poll (record_poll_failure)
-    last_error: str | None = None  # its sanitized error text
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OutboxRow:
-    """A pending outbox row."""
-
-    id: int
-    event_key: str
-    channel: str
-    title: str
-    body: str
-    notify_type: str
-    run_key: str
-    created_at: int  # epoch ms
-    attempts: int
-    next_attempt_at: int  # epoch ms
-    last_error: str | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OutboxStats:
-    pending: int
-    dead: int
-    pending_by_channel: Mapping[str, int]
-    dead_by_channel: Mapping[str, int]
-    oldest_pending_age: float  # seconds; 0.0 when nothing is pending
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PollCommit:
-    """Everything one poll of one workspace decided, written by `Store.commit_poll` at once."""
-
-    organization_id: str
-    polled_at: int  # epoch ms
-    upserts: Sequence[RunState] = ()
-    deleted: Sequence[str] = ()  # run ids
-    events: Sequence[Event] = ()
-    outbox: Sequence[OutboxItem] = ()
-    full_listing: bool = False  # sets last_full_listing = polled_at
-    baseline: bool = False  # sets baselined_at = polled_at
-
-
-_RUN_COLUMNS = (
-    "organization_id, run_id, condition, status, last_transition_time, reason, message, "
-    "time_created, last_updated, flow_name, training_project, etag, log, killed_at, attributes"
-)
-# The RunState fields the runs table holds; tests compare it with the dataclass, so a field
-# added to RunState without a column here fails loudly instead of being dropped on restart.
-RUN_STATE_FIELDS = frozenset(
-    {
-        "organization_id",
-        "run_id",
-        "latest",
-        "time_created",
-        "last_updated",
-        "flow_name",
-        "training_project",
-        "etag",
-        "log",
-        "killed_at",
-        "attributes",
-    }
-)
-_OUTBOX_COLUMNS = (
-    "id, event_key, channel, title, body, notify_type, run_key, created_at, attempts, "
-    "next_attempt_at, last_error"
-)
-
-RunRow = tuple[Any, ...]
-
-
-def _run_params(run: RunState) -> RunRow:
-    c = run.latest
-    return (
-        run.organization_id,
-        run.run_id,
-        None if c is None else c.condition,
-        None if c is None else c.status,
-        None if c is None else c.last_transition_time,
-        None if c is None else c.reason,
-        None if c is None else c.message,
-        run.time_created,
-        run.last_updated,
-        run.flow_name,
-        run.training_project,
-        run.etag,
-        run.log,
-        run.killed_at,
-        # NULL for the common empty case: saves a json.loads per row on load.
-        json.dumps(dict(run.attributes), separators=(",", ":")) if run.attributes else None,
-    )
-
-
-def _interned(value: str | None) -> str | None:
-    return None if value is None else sys.intern(value)
-
-
-_SHARED_MESSAGES: dict[str, str] = {}  # as in decode: the first 4096 distinct ones
-
-
-def _shared_message(value: str | None) -> str | None:
-    if value is None:
-        return None
-    shared = _SHARED_MESSAGES.get(value)
-    if shared is None:
-        shared = value
-        if len(_SHARED_MESSAGES) < 4096:
-            _SHARED_MESSAGES[value] = value
-    return shared
-
-
-@functools.lru_cache(maxsize=4096)
-def _attributes(text: str) -> Mapping[str, str]:
-    # Runs with the same attribute set share one read-only mapping, as decoded ones do.
-    return MappingProxyType({sys.intern(k): sys.intern(v) for k, v in json.loads(text).items()})
-
-
-def _run_from_row(row: RunRow) -> RunState:
-    # The names that repeat across 100,000 runs (condition, status, flow, project) are
-    # interned and messages shared, as decoding does: else each row brings its own copies.
-    (org, run_id, cond, status, ltt, reason, message, created) = row[:8]
-    (last_updated, flow, project, etag, run_log, killed_at, attributes) = row[8:]
-    latest = (
-        None
-        if cond is None
-        else Condition(
-            condition=sys.intern(cond),
-            status=sys.intern(status),
-            last_transition_time=ltt,
-            reason=_interned(reason),
-            message=_shared_message(message),
-        )
-    )
-    return RunState(
-        organization_id=sys.intern(org),
-        run_id=run_id,
-        latest=latest,
-        time_created=created,
-        last_updated=ltt if last_updated == ltt else last_updated,  # one int for both
-        flow_name=_interned(flow),
-        training_project=_interned(project),
-        etag=etag,
-        log=run_log,
-        killed_at=killed_at,
-        attributes=_attributes(attributes) if attributes else {},
-    )
-
-
-def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
-    (id_, key, channel, title, body, notify_type, run_key, created, attempts, due, error) = row
-    return OutboxRow(
-        id=id_,
-        event_key=key,
-        channel=channel,
-        title=title,
-        body=body,
-        notify_type=notify_type,
-        run_key=run_key,
-        created_at=created,
-        attempts=attempts,
-        next_attempt_at=due,
-        last_error=error,
-    )
-
-
-def _plain(value: object) -> object:
-    """A JSON-ready copy of an event's field values (conditions, tuples, mappings)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def event_payload(event: Event) -> str:
-    """The JSON the events table keeps of an event (for the operator and for audits)."""
-    return json.dumps(_plain(event), separators=(",", ":"), sort_keys=True)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects at once.
-
-    Loading 100,000 runs makes 200,000 objects, none of them cyclic garbage; the collections
-    their allocation triggers find nothing and cost about a quarter of the load time.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _out_of_space(error: sqlite3.Error, path: Path) -> bool:
-    name = getattr(error, "sqlite_errorname", "")
-    if name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"):  # (the -shm file could not grow)
-        return True
-    # Other writes that hit ENOSPC surface as a bare "disk I/O error": look at the disk.
-    if name.startswith("SQLITE_IOERR") or "disk i/o error" in str(error).lower():
-        try:
-            return shutil.disk_usage(path.parent).free < LOW_SPACE_BYTES
-        except OSError:
-            return False
-    return False
-
-
-def _store_error(error: sqlite3.Error, path: Path, doing: str) -> StoreError:
-    """Translate a sqlite3 error into what the operator should do about it."""
-    text = str(error)
-    lowered = text.lower()
-    if "disk is full" in lowered or _out_of_space(error, path):
-        return StoreError(
-            f"the disk holding the state database {path} is full: {doing} failed and "
-            "nothing of it was written; free some space (runwatch keeps going and retries)"
-        )
-    if "readonly" in lowered or "read-only" in lowered:
-        return StoreError(
-            f"the state database {path} is read-only ({doing}): make the file and its "
-            f"directory writable by the user runwatch runs as (SQLite also writes "
-            f"{path.name}-wal and {path.name}-shm next to it), or point state.path elsewhere"
-        )
-    if "unable to open" in lowered:
-        return StoreError(
-            f"cannot open the state database {path} ({text}): make its directory exist and "
-            f"writable by the user runwatch runs as (SQLite also creates {path.name}-wal and "
-            f"{path.name}-shm there), or point state.path elsewhere"
-        )
-    if "locked" in lowered or "busy" in lowered:
-        return StoreError(
-            f"the state database {path} is locked by another process ({doing}); is another "
-            "runwatch using the same state.path? Stop it or give each its own state.path"
-        )
-    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-        return _corrupt(path, text)
-    return StoreError(f"the state database {path} failed while {doing}: {text}")
-
-
-def _corrupt(path: Path, why: str) -> StoreError:
-    return StoreError(
-        f"the state database {path} is corrupt or not a runwatch database ({why}); "
-        "refusing to touch it. Restore it from a backup, or move it aside to start over "
-        "(runwatch will then record every run again as a silent baseline)"
-    )
-
-
-class Store:
-    """runwatch's state in one SQLite file; open with `Store.open(path)`."""
+class SqliteStore:
+    """runwatch's state in one SQLite file; `open(path)` to use it, `open_read_only(path)` to
+    look at it."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
         self._conn = conn
@@ -394,7 +63,7 @@ class Store:
         *,
         max_pages: int | None = None,
         clock: Callable[[], float] = time.time,
-    ) -> Store:
+    ) -> SqliteStore:
         """Open (creating if needed) the state database at `path`, or raise StoreError.
 
         `max_pages` caps the database size in pages (PRAGMA max_page_count): a test hook
@@ -419,7 +88,7 @@ class Store:
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
         except sqlite3.Error as e:
-            raise _store_error(e, path, "opening it") from e
+            raise store_error(e, path, "opening it") from e
         store = cls(conn, path, clock)
         try:
             store._prepare(max_pages)
@@ -428,7 +97,58 @@ class Store:
             raise
         return store
 
-    def _prepare(self, max_pages: int | None) -> None:
+    @classmethod
+    def open_read_only(
+        cls, path: Path, *, clock: Callable[[], float] = time.time
+    ) -> SqliteStore | None:
+        """The state database at `path` for reading, or None when there is none.
+
+        Never creates, migrates or prunes anything: commands that only look (`runs`,
+        `once --dry-run`, the operator's commands) must not leave a state file behind, nor
+        change one a daemon is using. A database of an older schema is copied into memory and
+        migrated there, so an upgraded runwatch can still read it before its daemon restarts.
+        """
+        path = Path(path)
+        if not path.exists():
+            return None
+        if not path.is_file():
+            raise StoreError(f"the state path {path} exists but is not a file; fix state.path")
+        try:
+            conn = sqlite3.connect(
+                f"{path.absolute().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as e:
+            raise store_error(e, path, "opening it to read") from e
+        store = cls(conn, path, clock)
+        try:
+            version = store._check()
+            if version < SCHEMA_VERSION:
+                memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                with store._errors("copying it to read it"):
+                    conn.backup(memory)
+                conn.close()
+                store._conn = conn = memory
+                store._migrate(version)
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    @classmethod
+    def empty(cls, *, clock: Callable[[], float] = time.time) -> SqliteStore:
+        """A store with nothing in it, in memory: what a command that only looks reads when
+        there is no state file yet."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        store = cls(conn, Path(":memory:"), clock)
+        store._migrate(0)
+        return store
+
+    def _check(self) -> int:
+        """The schema version, after refusing a file that is not (a usable) runwatch state."""
         conn = self._conn
         with self._errors("opening it"):
             # Read-only checks first: nothing is written to a file we may refuse.
@@ -449,10 +169,16 @@ class Store:
             if version > 0:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
                 if problems != ["ok"]:
-                    raise _corrupt(
+                    raise corrupt(
                         self._path, "quick_check: " + " ".join(problems).replace("\n", " ")
                     )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return int(version)
+
+    def _prepare(self, max_pages: int | None) -> None:
+        conn = self._conn
+        version = self._check()
+        with self._errors("opening it"):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(
@@ -464,14 +190,17 @@ class Store:
             conn.execute("PRAGMA synchronous = FULL")
             if max_pages is not None:
                 conn.execute(f"PRAGMA max_page_count = {int(max_pages)}")
-        for target, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+        self._migrate(version)
+        # Pruning writes, so a read-only file or directory is found here, at start-up.
+        self.prune(int(self._clock() * 1000))
+
+    def _migrate(self, version: int) -> None:
+        for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction(f"migrating it to schema {target}") as tx:
                 for statement in statements:
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {target}")
             log.info("store.migrated", path=str(self._path), schema=target)
-        # Pruning writes, so a read-only file or directory is found here, at start-up.
-        self.prune(int(self._clock() * 1000))
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -479,7 +208,7 @@ class Store:
             try:
                 yield
             except sqlite3.Error as e:
-                raise _store_error(e, self._path, doing) from e
+                raise store_error(e, self._path, doing) from e
 
     @contextmanager
     def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -499,14 +228,14 @@ class Store:
                     with suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
-                    raise _store_error(e, self._path, doing) from e
+                    raise store_error(e, self._path, doing) from e
                 raise
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(
@@ -549,20 +278,20 @@ class Store:
 
     def load_runs(self, organization_id: str) -> dict[str, RunState]:
         """Every tracked run of a workspace, by run id."""
-        with self._errors("reading runs"), _gc_paused():
+        with self._errors("reading runs"), gc_paused():
             rows = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE organization_id = ?",
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ?",
                 (organization_id,),
             )
-            return {row[1]: _run_from_row(row) for row in rows}
+            return {row[1]: run_from_row(row) for row in rows}
 
     def tracked_runs(self) -> list[RunState]:
         """Every tracked run, by organization, newest first (for `runwatch runs`)."""
-        with self._errors("reading runs"), _gc_paused():
+        with self._errors("reading runs"), gc_paused():
             rows = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY organization_id, time_created DESC"
+                f"SELECT {RUN_COLUMNS} FROM runs ORDER BY organization_id, time_created DESC"
             )
-            return [_run_from_row(row) for row in rows]
+            return [run_from_row(row) for row in rows]
 
     def commit_poll(self, commit: PollCommit) -> int:
         """Write one poll's outcome in ONE transaction; return the outbox rows inserted.
@@ -598,9 +327,9 @@ class Store:
                 # Rows made one at a time as SQLite takes them: a baseline of 100,000 runs
                 # does not hold 100,000 parameter tuples at once.
                 tx.executemany(
-                    f"INSERT OR REPLACE INTO runs ({_RUN_COLUMNS}) "
+                    f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (_run_params(run) for run in commit.upserts),
+                    (run_params(run) for run in commit.upserts),
                 )
             if commit.deleted:
                 tx.executemany(
@@ -674,6 +403,16 @@ class Store:
         with self._transaction("enqueuing messages") as tx:
             return self._insert_outbox(tx, items, now_ms)
 
+    def commit_alerts(
+        self, items: Sequence[OutboxItem], *, meta: Mapping[str, str], now_ms: int
+    ) -> int:
+        """Enqueue self-alerts and write the state that records them, in ONE transaction."""
+        with self._transaction("recording self-alerts") as tx:
+            inserted = self._insert_outbox(tx, items, now_ms)
+            for key, value in meta.items():
+                self._put_meta(tx, key, value)
+        return inserted
+
     def record_poll_failure(self, organization_id: str, now_ms: int, error: str) -> None:
         """Remember the last failed poll of a workspace; `error` must be sanitized text."""
         with self._transaction(f"recording a failed poll of {organization_id}") as tx:
@@ -695,11 +434,11 @@ class Store:
         """
         with self._errors("reading the outbox"):
             row = self._conn.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox "
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
                 "WHERE channel = ? AND state = 'pending' ORDER BY id LIMIT 1",
                 (channel,),
             ).fetchone()
-        return None if row is None else _outbox_row(row)
+        return None if row is None else outbox_row(row)
 
     def pending_channels(self) -> list[str]:
         """Channels with at least one pending row, sorted."""
@@ -789,8 +528,12 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction("writing meta") as tx:
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            self._put_meta(tx, key, value)
+
+    @staticmethod
+    def _put_meta(tx: sqlite3.Connection, key: str, value: str) -> None:
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

@@ -36,21 +36,16 @@ nothing, so a half listing can never look like "the other runs were deleted".
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar, overload
 
-from runwatch.core.model import TERMINAL_CONDITIONS, Event, Run, RunState
-from runwatch.core.transitions import Diff, detect_deletions, detect_transitions
+from runwatch.core.model import Run, RunState
+from runwatch.core.run_index import RunIndex
+from runwatch.core.transitions import Diff, Fold, PollKind, terminal_conditions
 from runwatch.errors import ViNotFoundError
 from runwatch.vi.client import ViClient
 from runwatch.vi.decode import Page
-
-PollKind = Literal["baseline", "full", "incremental"]
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,7 +54,6 @@ class PollPlan:
     page_size: int
     max_pages: int = 10_000
     max_concurrency: int = 8
-    terminal: frozenset[str] = TERMINAL_CONDITIONS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,187 +68,6 @@ class PollOutcome:
     gets: int
 
 
-def choose_kind(
-    *, baselined_at: int | None, last_full_listing: int | None, now_ms: int, full_resync_s: float
-) -> PollKind:
-    if baselined_at is None:
-        return "baseline"
-    if last_full_listing is None or now_ms - last_full_listing >= full_resync_s * 1000:
-        return "full"
-    return "incremental"
-
-
-def is_active(state: RunState, terminal: frozenset[str]) -> bool:
-    return state.latest is None or state.latest.condition not in terminal
-
-
-class RunIndex(MutableMapping[str, RunState]):
-    """The known runs of one workspace by run id, indexed for incremental polls.
-
-    Besides the runs it keeps, updated on every write, the runs not in a built-in terminal
-    condition (a configured terminal list only adds to those, so it filters this set) and
-    the sorted creation times (the watermark, and how deep in the listing a run sits). New
-    creation times are sorted in when next read, in one merge however many came: a
-    baseline records 100,000 runs, newest first, and inserting each at the front of a
-    sorted list would cost a quadratic memmove. Deletions cost one bisect and a memmove.
-    """
-
-    __slots__ = ("_added", "_created", "_runs", "_unfinished")
-
-    def __init__(self, runs: Mapping[str, RunState] | None = None) -> None:
-        self._runs: dict[str, RunState] = dict(runs or {})
-        self._unfinished: dict[str, RunState] = {
-            run_id: s for run_id, s in self._runs.items() if is_active(s, TERMINAL_CONDITIONS)
-        }
-        self._created: list[int] = sorted(s.time_created for s in self._runs.values())
-        self._added: list[int] = []  # creation times not yet merged into _created
-
-    def __getitem__(self, run_id: str) -> RunState:
-        return self._runs[run_id]
-
-    @overload
-    def get(self, run_id: str, /) -> RunState | None: ...
-    @overload
-    def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
-    def get(self, run_id: str, /, default: object = None) -> object:
-        return self._runs.get(run_id, default)
-
-    def __contains__(self, run_id: object) -> bool:
-        return run_id in self._runs
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._runs)
-
-    def __len__(self) -> int:
-        return len(self._runs)
-
-    def __setitem__(self, run_id: str, state: RunState) -> None:
-        old = self._runs.get(run_id)
-        self._runs[run_id] = state
-        if old is None:
-            self._added.append(state.time_created)
-        elif old.time_created != state.time_created:
-            self._forget_created(old.time_created)
-            self._added.append(state.time_created)
-        if is_active(state, TERMINAL_CONDITIONS):
-            self._unfinished[run_id] = state
-        else:
-            self._unfinished.pop(run_id, None)
-
-    def __delitem__(self, run_id: str) -> None:
-        old = self._runs.pop(run_id)
-        self._unfinished.pop(run_id, None)
-        self._forget_created(old.time_created)
-
-    def _sorted_created(self) -> list[int]:
-        if self._added:
-            # Timsort merges the sorted list and the appended run in linear time.
-            self._created.extend(self._added)
-            self._added.clear()
-            self._created.sort()
-        return self._created
-
-    def _forget_created(self, created: int) -> None:
-        times = self._sorted_created()
-        i = bisect.bisect_left(times, created)
-        if i < len(times) and times[i] == created:
-            del times[i]
-
-    def as_dict(self) -> Mapping[str, RunState]:
-        """The runs, read-only by type, for lookups at dict speed."""
-        return self._runs
-
-    def unfinished(self, terminal: frozenset[str]) -> list[RunState]:
-        """The runs whose latest condition is not in `terminal` (or that have none)."""
-        return [s for s in self._unfinished.values() if is_active(s, terminal)]
-
-    def newest_created(self) -> int | None:
-        times = self._sorted_created()
-        return times[-1] if times else None
-
-    def created_after(self, time_created: int) -> int:
-        """How many known runs were created after `time_created`."""
-        times = self._sorted_created()
-        return len(times) - bisect.bisect_right(times, time_created)
-
-
-class _View(Mapping[str, RunState]):
-    """The known runs as this poll has updated them so far (its upserts over the index)."""
-
-    __slots__ = ("_base", "_overlay")
-
-    def __init__(self, overlay: dict[str, RunState], base: Mapping[str, RunState]) -> None:
-        self._overlay = overlay
-        self._base = base
-
-    @overload
-    def get(self, run_id: str, /) -> RunState | None: ...
-    @overload
-    def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
-    def get(self, run_id: str, /, default: object = None) -> object:
-        # The hot path of every diff: two C-level lookups, no exception for a miss.
-        state = self._overlay.get(run_id)
-        return state if state is not None else self._base.get(run_id, default)
-
-    def __getitem__(self, run_id: str) -> RunState:
-        state = self.get(run_id)
-        if state is None:
-            raise KeyError(run_id)
-        return state
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._overlay
-        yield from (run_id for run_id in self._base if run_id not in self._overlay)
-
-    def __len__(self) -> int:
-        return len(self._base) + sum(1 for run_id in self._overlay if run_id not in self._base)
-
-
-class _Accumulator:
-    """Folds page after page into one Diff, each page diffed against the state so far."""
-
-    def __init__(
-        self, known: Mapping[str, RunState], *, workspace: str, baseline: bool, now_ms: int
-    ):
-        self.known = known
-        self.overlay: dict[str, RunState] = {}
-        self.view = _View(self.overlay, known)
-        self.workspace = workspace
-        self.baseline = baseline
-        self.now_ms = now_ms
-        self.events: list[Event] = []
-        self.seen: set[str] = set()
-        self.unknown = 0  # distinct runs seen that were not known before this poll
-
-    def add(self, runs: Sequence[Run], skipped: tuple[str, ...] = ()) -> None:
-        # A run that could not be decoded is still there: it must not look deleted.
-        for run_id in (*skipped, *(r.run_id for r in runs)):
-            if run_id in self.seen:
-                continue
-            stored = self.known.get(run_id)
-            if stored is None:
-                self.unknown += 1
-                self.seen.add(run_id)
-            else:
-                # The known id, not the equal one just decoded: a full listing of 100,000
-                # quiet runs then keeps no second copy of every id until it ends.
-                self.seen.add(stored.run_id)
-        diff = detect_transitions(
-            self.view, runs, workspace=self.workspace, baseline=self.baseline, now_ms=self.now_ms
-        )
-        self.events.extend(diff.events)
-        for state in diff.upserts:
-            self.overlay[state.run_id] = state
-
-    def result(self, deleted: Diff | None = None) -> Diff:
-        events = list(self.events)
-        gone: tuple[str, ...] = ()
-        if deleted is not None:
-            events.extend(deleted.events)
-            gone = deleted.deleted
-        return Diff(events=tuple(events), upserts=tuple(self.overlay.values()), deleted=gone)
-
-
 class _Walk:
     """The listing from page 1, a page at a time, as far as the caller asks.
 
@@ -263,7 +76,7 @@ class _Walk:
     commit the newest runs, move the watermark past the ones it missed and lose them.
     """
 
-    def __init__(self, client: ViClient, acc: _Accumulator, plan: PollPlan) -> None:
+    def __init__(self, client: ViClient, acc: Fold, plan: PollPlan) -> None:
         self._pages = client.list_runs(plan.page_size, max_pages=plan.max_pages)
         self._acc = acc
         self.pages = 0
@@ -290,27 +103,33 @@ async def poll_workspace(
 ) -> PollOutcome:
     """Poll one workspace; raises whatever the client raises (the poll then counts for nothing).
 
-    `known` is best a `RunIndex` kept across polls; any other mapping is indexed here first.
+    `known` is best a `RunIndex` kept across polls; any other mapping is indexed here first
+    (with the built-in terminal conditions).
     """
-    index = known if isinstance(known, RunIndex) else RunIndex(known)
-    runs = index.as_dict()
-    acc = _Accumulator(runs, workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms)
+    if isinstance(known, RunIndex):
+        index = known
+    else:
+        index = RunIndex(known, terminal=terminal_conditions())
+    acc = Fold(
+        index.as_dict(), workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms
+    )
     if plan.kind != "incremental":
         pages = 0
         async for page in client.list_runs(plan.page_size, max_pages=plan.max_pages):
             pages += 1
             acc.add(page.runs, page.skipped)
-        deletions = None
-        if plan.kind == "full":
-            deletions = detect_deletions(runs, acc.seen, workspace=workspace, now_ms=now_ms)
         return PollOutcome(
-            kind=plan.kind, diff=acc.result(deletions), runs_seen=len(acc.seen), pages=pages, gets=0
+            kind=plan.kind,
+            diff=acc.result(complete=True),
+            runs_seen=len(acc.seen),
+            pages=pages,
+            gets=0,
         )
-    return await _poll_incremental(client, index, acc, plan=plan, now_ms=now_ms)
+    return await _poll_incremental(client, index, acc, plan=plan)
 
 
 async def _poll_incremental(
-    client: ViClient, index: RunIndex, acc: _Accumulator, *, plan: PollPlan, now_ms: int
+    client: ViClient, index: RunIndex, acc: Fold, *, plan: PollPlan
 ) -> PollOutcome:
     watermark = index.newest_created()
     walk = _Walk(client, acc, plan)
@@ -322,7 +141,7 @@ async def _poll_incremental(
                 break
 
         # 2. known unfinished runs the head did not show
-        stale = [s for s in index.unfinished(plan.terminal) if s.run_id not in acc.seen]
+        stale = [s for s in index.unfinished() if s.run_id not in acc.seen]
         if stale and not walk.ended:
             extra, sought = _pages_worth_walking(
                 stale, index, acc.unknown, plan.page_size, walk.pages
@@ -338,12 +157,9 @@ async def _poll_incremental(
 
     if walk.ended:
         # The walk was a complete listing: what it did not show was deleted, not stale.
-        deletions = detect_deletions(
-            index.as_dict(), acc.seen, workspace=acc.workspace, now_ms=now_ms
-        )
         return PollOutcome(
             kind="full",
-            diff=acc.result(deletions),
+            diff=acc.result(complete=True),
             runs_seen=len(acc.seen),
             pages=walk.pages,
             gets=0,
@@ -352,7 +168,7 @@ async def _poll_incremental(
         acc.add(await _get_runs(client, stale, plan.max_concurrency))
     return PollOutcome(
         kind="incremental",
-        diff=acc.result(),
+        diff=acc.result(complete=False),
         runs_seen=len(acc.seen),
         pages=walk.pages,
         gets=len(stale),

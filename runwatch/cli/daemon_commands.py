@@ -1,0 +1,116 @@
+"""`runwatch run` and `runwatch once`: the daemon, forever or for one cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from runwatch.cli.signals import install_signal_handlers
+from runwatch.cli.startup import load
+from runwatch.config.loading import Config
+from runwatch.service.daemon import Daemon
+from runwatch.service.http import HealthServer
+from runwatch.service.sdnotify import Notifier
+from runwatch.state.lock import writer_lock
+from runwatch.state.sqlite import SqliteStore
+
+log = structlog.get_logger("runwatch.cli.daemon_commands")
+
+EX_OK, EX_FAILURE, EX_TEMPFAIL = 0, 1, 75
+
+__all__ = ["load", "once", "run"]
+
+
+def run(config: Config, config_path: Path) -> int:
+    async def main() -> bool:
+        stop, reload_requested = asyncio.Event(), asyncio.Event()
+        install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
+        with SqliteStore.open(config.state.path) as store, writer_lock(config.state.path):
+            daemon = Daemon(config, store, notifier=Notifier())
+            server = None
+            if config.http is not None:
+                server = HealthServer(
+                    config.http.host, config.http.port, health=daemon.health, metrics=daemon.metrics
+                )
+                server.start()
+            try:
+                await daemon.run(
+                    stop, reload_requested=reload_requested, load_config=lambda: load(config_path)
+                )
+            finally:
+                if server is not None:
+                    server.stop()
+        return daemon.delivery_abandoned
+
+    if asyncio.run(main()):
+        # The abandoned send still blocks one of Apprise's worker threads, which the
+        # interpreter would join at exit: up to the channel's own timeout, far past the
+        # shutdown bound. The store is closed and the row is still pending, so nothing is
+        # lost by not waiting; the message goes out after the restart.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EX_OK)
+    return EX_OK
+
+
+def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> int:
+    """One poll cycle and one delivery pass.
+
+    Exit 1 if a workspace could not be polled, else 75 (EX_TEMPFAIL) if messages are left
+    undelivered, else 0. A dry run computes the same cycle and records and sends nothing.
+    """
+
+    async def main() -> int:
+        if dry_run:
+            store = SqliteStore.open_read_only(config.state.path) or SqliteStore.empty()
+            with store:
+                return await _dry_run(config, store, out)
+        with SqliteStore.open(config.state.path) as store, writer_lock(config.state.path):
+            return await _once(config, store, out)
+
+    return asyncio.run(main())
+
+
+async def _once(config: Config, store: SqliteStore, out: TextIO) -> int:
+    daemon = Daemon(config, store)
+    try:
+        reports = await daemon.poll_cycle()
+        sent = await daemon.deliver_once()
+    finally:
+        await daemon.aclose()
+    stats = store.outbox_stats(daemon.now_ms())
+    for r in reports:
+        state = "ok" if r.ok else f"FAILED: {r.error}"
+        print(f"{r.workspace}: {r.kind} poll {state}; {r.events} event(s)", file=out)
+    print(f"delivered {sent}; {stats.pending} pending", file=out)
+    if not all(r.ok for r in reports):
+        return EX_FAILURE
+    return EX_TEMPFAIL if stats.pending else EX_OK
+
+
+async def _dry_run(config: Config, store: SqliteStore, out: TextIO) -> int:
+    daemon = Daemon(config, store)
+    try:
+        polls = await daemon.cycle.run(commit=False)
+    finally:
+        await daemon.aclose()
+    for poll in polls:
+        report = poll.report
+        if not report.ok or poll.outcome is None:
+            print(f"{report.workspace}: poll failed: {report.error}", file=out)
+            continue
+        baseline = " (baseline: nothing is sent)" if report.kind == "baseline" else ""
+        print(
+            f"{report.workspace}: {report.kind} poll saw {poll.outcome.runs_seen} run(s); "
+            f"{report.events} event(s); {len(poll.items)} message(s) would be sent{baseline}",
+            file=out,
+        )
+        for item in poll.items:
+            print(f"\n--> {item.channel} [{item.notify_type}] {item.title}\n{item.body}", file=out)
+    print("\ndry run: nothing was recorded or sent", file=out)
+    return EX_OK if all(p.report.ok for p in polls) else EX_FAILURE

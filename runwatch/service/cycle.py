@@ -1,0 +1,282 @@
+"""One poll cycle: plan, observe, compose, commit — for every workspace at once.
+
+Theory: a cycle is the unit of work of the daemon. For each workspace it plans (what kind of
+poll is due, from the store), observes (the poller walks the API and folds what it sees into
+events, against the runs known in memory), composes (routes and renders each event into
+outbox rows) and commits state, events and rows in ONE store transaction. Nothing is sent
+before that commit: a crash between the two can neither lose a notification nor, after a
+restart, detect the same transition again.
+
+With `commit=False` a cycle computes exactly the same, and writes nothing: not the store,
+not the runs known in memory. `runwatch once --dry-run` is that mode, so what it prints is
+what the daemon would do.
+
+A workspace whose poll fails (any `ViError`, a `StoreError` of its commit, or a bug) fails
+alone: its report says why and the other workspaces commit as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from runwatch.clock import Clock
+from runwatch.config.loading import Config, WorkspaceConfig
+from runwatch.core.compose import outbox_items
+from runwatch.core.model import OutboxItem
+from runwatch.core.render import Flavour, flavour_for
+from runwatch.core.run_index import RunIndex
+from runwatch.core.transitions import choose_kind, terminal_conditions
+from runwatch.errors import StoreError, ViAuthError, ViError
+from runwatch.service.metrics import Metrics
+from runwatch.service.status import PollReport
+from runwatch.state.store import PollCommit, StateStore
+from runwatch.vi.client import ViClient
+from runwatch.vi.poller import PollOutcome, PollPlan, poll_workspace
+from runwatch.vi.retry import RetryPolicy
+
+log = structlog.get_logger("runwatch.service.cycle")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkspacePoll:
+    """One workspace's part of a cycle: its report and, when it was observed, what it found."""
+
+    report: PollReport
+    outcome: PollOutcome | None = None
+    items: Sequence[OutboxItem] = field(default_factory=tuple)  # composed outbox rows
+
+
+class PollCycle:
+    """Polls the configured workspaces; `known` holds each one's runs between cycles."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        on_progress: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._on_progress = on_progress  # every request and retry wait: the watchdog's sign
+        self.known: dict[str, RunIndex] = {}  # organization id -> its runs
+        self.clients: dict[str, ViClient] = {}
+        self.configure(config)
+
+    def configure(self, config: Config) -> list[ViClient]:
+        """Use `config` from the next poll on; return the clients it replaced (to close)."""
+        self.config = config
+        terminal = terminal_conditions(config.poll.terminal_conditions)
+        if terminal != getattr(self, "terminal", terminal):
+            self.known.clear()  # indexed by what is finished: re-read under the new set
+        self.terminal = terminal
+        self.flavours: dict[str, Flavour] = {
+            name: flavour_for(list(urls)) for name, urls in config.channels.items()
+        }
+        old = list(self.clients.values())
+        self.clients = {ws.name: self._client(ws) for ws in config.workspaces}
+        return old
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    def now_ms(self) -> int:
+        return int(self._clock.time() * 1000)
+
+    # -- the cycle -----------------------------------------------------------------------
+
+    async def run(self, *, commit: bool = True) -> list[WorkspacePoll]:
+        """Poll every workspace concurrently; each commits (or fails) on its own."""
+        return list(
+            await asyncio.gather(*(self.poll(ws, commit=commit) for ws in self.config.workspaces))
+        )
+
+    def plan(self, ws: WorkspaceConfig, now_ms: int) -> PollPlan:
+        """What kind of poll `ws` is due for (baseline, full or incremental), and its limits."""
+        meta = self._store.workspace(ws.organization_id)
+        poll = self.config.poll
+        return PollPlan(
+            kind=choose_kind(
+                baselined_at=meta.baselined_at,
+                last_full_listing=meta.last_full_listing,
+                now_ms=now_ms,
+                full_resync_s=poll.full_resync,
+            ),
+            page_size=poll.page_size,
+            max_pages=poll.max_pages,
+            max_concurrency=poll.max_concurrency,
+        )
+
+    def compose(self, outcome: PollOutcome) -> list[OutboxItem]:
+        """The outbox rows the events of `outcome` make under the current rules."""
+        return outbox_items(
+            outcome.diff.events,
+            rules=self.config.rules,
+            templates=self.config.templates,
+            flavours=self.flavours,
+        )
+
+    async def poll(self, ws: WorkspaceConfig, *, commit: bool = True) -> WorkspacePoll:
+        now_ms = self.now_ms()
+        started = self._clock.monotonic()
+        kind = "unknown"
+        try:
+            plan = self.plan(ws, now_ms)
+            kind = plan.kind
+            known = self._known(ws.organization_id)
+            outcome = await poll_workspace(
+                self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
+            )
+            items = self.compose(outcome)
+            queued = self._commit(ws, outcome, items, now_ms) if commit else 0
+        except (ViError, StoreError) as exc:
+            # A StoreError rolled the commit back whole and `known` is untouched: the next
+            # poll sees the same changes again, so a full disk delays notifications but
+            # loses none.
+            return WorkspacePoll(report=self._failed(ws, kind, exc))
+        except Exception as exc:  # a bug must fail this poll, never the daemon
+            log.exception("poll.crashed", workspace=ws.name, kind=kind)
+            return WorkspacePoll(report=self._failed(ws, kind, exc))
+        ms = round((self._clock.monotonic() - started) * 1000)
+        if commit:
+            self._metrics.polls.labels(ws.name, kind).inc()
+            if kind == "baseline":
+                log.info("baseline.recorded", workspace=ws.name, runs=len(known), notified=0)
+            log.info(
+                "poll.done",
+                workspace=ws.name,
+                kind=kind,
+                runs=len(known),
+                seen=outcome.runs_seen,
+                events=len(outcome.diff.events),
+                queued=queued,
+                pages=outcome.pages,
+                gets=outcome.gets,
+                ms=ms,
+            )
+        report = PollReport(
+            workspace=ws.name, ok=True, kind=kind, events=len(outcome.diff.events), queued=queued
+        )
+        return WorkspacePoll(report=report, outcome=outcome, items=items)
+
+    # -- the shell's side of a poll --------------------------------------------------------
+
+    def _known(self, organization_id: str) -> RunIndex:
+        index = self.known.get(organization_id)
+        if index is None:
+            runs = self._store.load_runs(organization_id)
+            index = self.known[organization_id] = RunIndex(runs, terminal=self.terminal)
+            settle_heap()
+        return index
+
+    def _commit(
+        self, ws: WorkspaceConfig, outcome: PollOutcome, items: Sequence[OutboxItem], now_ms: int
+    ) -> int:
+        diff = outcome.diff
+        queued = self._store.commit_poll(
+            PollCommit(
+                organization_id=ws.organization_id,
+                polled_at=now_ms,
+                upserts=diff.upserts,
+                deleted=diff.deleted,
+                events=diff.events,
+                outbox=items,
+                full_listing=outcome.kind != "incremental",
+                baseline=outcome.kind == "baseline",
+            )
+        )
+        # No await between the commit and this update: cancellation cannot split them.
+        known = self._known(ws.organization_id)
+        for state in diff.upserts:
+            known[state.run_id] = state
+        for run_id in diff.deleted:
+            known.pop(run_id, None)
+        if outcome.kind != "incremental":
+            settle_heap()
+        for event in diff.events:
+            condition = event.current.condition if event.current else "deleted"
+            self._metrics.transitions.labels(ws.name, condition).inc()
+        return queued
+
+    def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
+        if isinstance(exc, ViError | StoreError):
+            reason = type(exc).__name__.removeprefix("Vi").removesuffix("Error").lower()
+            error = str(exc)
+        else:
+            reason, error = "internal", f"internal error ({type(exc).__name__}); see the log"
+        self._metrics.poll_failures.labels(ws.name, reason or "error").inc()
+        # The API's faults pass by themselves; the state store's and runwatch's own need the
+        # operator (a bug was logged with its traceback where it was caught).
+        if isinstance(exc, ViError):
+            log.warning("poll.failed", workspace=ws.name, kind=kind, reason=reason, error=error)
+        else:
+            log.error("poll.failed", workspace=ws.name, kind=kind, reason=reason, error=error)
+        return PollReport(
+            workspace=ws.name,
+            ok=False,
+            kind=kind,
+            error=error,
+            auth_failed=isinstance(exc, ViAuthError),
+            store_failed=isinstance(exc, StoreError),
+        )
+
+    def _client(self, ws: WorkspaceConfig) -> ViClient:
+        poll, tls = self.config.poll, self.config.tls
+        verify: bool | str = str(tls.ca_bundle) if tls.ca_bundle and tls.verify else tls.verify
+        metrics = self._metrics
+
+        def on_request(endpoint: str, outcome: str, seconds: float) -> None:
+            self._on_progress()
+            metrics.api_requests.labels(ws.name, endpoint, outcome).inc()
+            metrics.api_latency.labels(ws.name, endpoint).observe(seconds)
+
+        async def sleep(seconds: float) -> None:
+            self._on_progress()
+            await self._clock.sleep(seconds)
+
+        return ViClient(
+            endpoint=ws.endpoint,
+            organization_id=ws.organization_id,
+            secret_key=ws.secret_key,
+            timeout=poll.request_timeout,
+            retry=RetryPolicy(
+                max_attempts=poll.max_attempts,
+                max_retry_time=poll.max_retry_time,
+                max_retry_after=poll.max_retry_after,
+                sleep=sleep,
+                clock=self._clock.time,
+            ),
+            verify=verify,
+            max_connections=max(2, poll.max_concurrency),
+            on_request=on_request,
+            max_requests_per_second=poll.max_requests_per_second,
+        )
+
+    def runs_by_workspace(self) -> Mapping[str, int]:
+        return {
+            ws.name: len(self.known.get(ws.organization_id, {})) for ws in self.config.workspaces
+        }
+
+
+def settle_heap() -> None:
+    """Take the known runs out of the cyclic garbage collector's way.
+
+    100,000 known runs are some 300,000 long-lived objects that are never cyclic garbage,
+    yet every full collection traverses them all, and the allocations of a full listing
+    trigger dozens of those: a third of its CPU. So after the state is loaded and after each
+    full listing, collect once and freeze what survives (the collector skips frozen objects;
+    reference counting still frees them). Unfreezing first lets that collection reclaim any
+    cyclic garbage frozen the time before, so nothing leaks across months of resyncs.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

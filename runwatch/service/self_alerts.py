@@ -1,0 +1,100 @@
+"""The shell around `core.alerts.decide`: gather what a cycle saw, commit what it decided.
+
+Theory: the decision is pure; this module feeds it (poll reports, the channels failing
+since when, the stored state) and writes its outcome — the alerts' outbox rows and the new
+alert state — in ONE store transaction. When that transaction fails (a full disk), the state
+in memory is not advanced either, so the same alerts are decided again next cycle instead of
+being marked sent and lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from runwatch.core.alerts import AlertState, Thresholds, WorkspaceHealth, decide
+from runwatch.core.model import OutboxItem
+from runwatch.errors import StoreError
+from runwatch.service.status import PollReport
+from runwatch.state.store import StateStore
+
+log = structlog.get_logger("runwatch.service.self_alerts")
+
+ALERTS_META_KEY = "alerts.state"
+ALERT_RUN_KEY = "runwatch"  # the outbox's run key of self-alerts: their own ordering lane
+
+
+class SelfAlerts:
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.state = AlertState.from_json(_load_json(store.get_meta(ALERTS_META_KEY)))
+
+    def evaluate(
+        self,
+        reports: Sequence[PollReport],
+        *,
+        last_success: Mapping[str, int],
+        failing_channels: Mapping[str, float],
+        channels: Sequence[str],
+        notify: Sequence[str],
+        thresholds: Thresholds,
+        now_ms: int,
+    ) -> int:
+        """Decide and commit the alerts due now; return how many outbox rows were queued."""
+        if not notify:
+            return 0
+        workspaces = [
+            WorkspaceHealth(
+                workspace=r.workspace,
+                ok=r.ok or r.store_failed,  # a full disk is no API outage
+                last_success_ms=last_success.get(r.workspace),
+                error=r.error,
+                auth_failed=r.auth_failed,
+            )
+            for r in reports
+        ]
+        alerts, state = decide(
+            self.state,
+            workspaces=workspaces,
+            failing_channels=failing_channels,
+            channels=channels,
+            now_ms=now_ms,
+            thresholds=thresholds,
+        )
+        if state == self.state:
+            return 0
+        items = [
+            OutboxItem(
+                event_key=alert.key,
+                channel=channel,
+                title=alert.title,
+                body=alert.body,
+                notify_type=alert.notify_type,
+                run_key=ALERT_RUN_KEY,
+            )
+            for alert in alerts
+            for channel in notify
+            if channel != alert.exclude_channel
+        ]
+        try:
+            queued = self._store.commit_alerts(
+                items, meta={ALERTS_META_KEY: json.dumps(state.to_json())}, now_ms=now_ms
+            )
+        except StoreError as exc:
+            log.error("alerts.not_recorded", error=str(exc))
+            return 0
+        self.state = state
+        for alert in alerts:
+            log.warning("alert.sent", title=alert.title)
+        return queued
+
+
+def _load_json(text: str | None) -> object:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

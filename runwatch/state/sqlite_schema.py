@@ -1,0 +1,148 @@
+"""The SQLite schema, its migrations, and what SQLite's errors mean to an operator.
+
+Each migration is a list of statements applied in one transaction together with the
+user_version bump, so a crash mid-migration leaves the previous version intact.
+(Statements, not one script: executescript() would commit the transaction first.)
+
+How it fails: every sqlite3 error becomes a StoreError that says what to do. The store never
+resets, recreates or "repairs" a database it cannot use: starting over silently would
+re-baseline every workspace and swallow the notifications of the gap, so refusing loudly is
+the safer failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from runwatch.errors import StoreError
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
+RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
+PRUNE_EVERY_MS = 3_600_000
+BUSY_TIMEOUT_MS = 5_000
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free than this is taken for a full disk
+
+# Each migration is a list of statements applied in one transaction together with the
+# user_version bump, so a crash mid-migration leaves the previous version intact.
+# (Statements, not one script: executescript() would commit the transaction first.)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """CREATE TABLE workspaces (
+            organization_id   TEXT PRIMARY KEY,
+            baselined_at      INTEGER,
+            last_full_listing INTEGER,
+            last_success      INTEGER,
+            last_failure      INTEGER,
+            last_error        TEXT
+        )""",
+        # WITHOUT ROWID: the primary key is the only way rows are found, and one b-tree
+        # instead of table + index halves the work of a 100,000-run baseline.
+        """CREATE TABLE runs (
+            organization_id      TEXT NOT NULL,
+            run_id               TEXT NOT NULL,
+            condition            TEXT,
+            status               TEXT,
+            last_transition_time INTEGER,
+            reason               TEXT,
+            message              TEXT,
+            time_created         INTEGER NOT NULL,
+            last_updated         INTEGER,
+            flow_name            TEXT,
+            training_project     TEXT,
+            etag                 TEXT,
+            log                  TEXT,
+            killed_at            INTEGER,
+            attributes           TEXT,
+            PRIMARY KEY (organization_id, run_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE events (
+            id              INTEGER PRIMARY KEY,
+            event_key       TEXT NOT NULL UNIQUE,
+            organization_id TEXT NOT NULL,
+            run_id          TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            created_at      INTEGER NOT NULL
+        )""",
+        "CREATE INDEX events_created_at ON events (created_at)",
+        # AUTOINCREMENT: ids are never reused after pruning, so "oldest first" is "lowest id".
+        """CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_key       TEXT NOT NULL,
+            channel         TEXT NOT NULL,
+            run_key         TEXT NOT NULL,
+            title           TEXT NOT NULL,
+            body            TEXT NOT NULL,
+            notify_type     TEXT NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+            created_at      INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            last_attempt_at INTEGER,
+            last_error      TEXT,
+            sent_at         INTEGER,
+            dead_at         INTEGER
+        )""",
+        "CREATE INDEX outbox_channel_state_id ON outbox (channel, state, id)",
+        # Each channel hears about an event once, whoever enqueues it and however often.
+        "CREATE UNIQUE INDEX outbox_event_channel ON outbox (event_key, channel)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _out_of_space(error: sqlite3.Error, path: Path) -> bool:
+    name = getattr(error, "sqlite_errorname", "")
+    if name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"):  # (the -shm file could not grow)
+        return True
+    # Other writes that hit ENOSPC surface as a bare "disk I/O error": look at the disk.
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in str(error).lower():
+        try:
+            return shutil.disk_usage(path.parent).free < LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def store_error(error: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """Translate a sqlite3 error into what the operator should do about it."""
+    text = str(error)
+    lowered = text.lower()
+    if "disk is full" in lowered or _out_of_space(error, path):
+        return StoreError(
+            f"the disk holding the state database {path} is full: {doing} failed and "
+            "nothing of it was written; free some space (runwatch keeps going and retries)"
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return StoreError(
+            f"the state database {path} is read-only ({doing}): make the file and its "
+            f"directory writable by the user runwatch runs as (SQLite also writes "
+            f"{path.name}-wal and {path.name}-shm next to it), or point state.path elsewhere"
+        )
+    if "unable to open" in lowered:
+        return StoreError(
+            f"cannot open the state database {path} ({text}): make its directory exist and "
+            f"writable by the user runwatch runs as (SQLite also creates {path.name}-wal and "
+            f"{path.name}-shm there), or point state.path elsewhere"
+        )
+    if "locked" in lowered or "busy" in lowered:
+        return StoreError(
+            f"the state database {path} is locked by another process ({doing}); is another "
+            "runwatch using the same state.path? Stop it or give each its own state.path"
+        )
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return corrupt(path, text)
+    return StoreError(f"the state database {path} failed while {doing}: {text}")
+
+
+def corrupt(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"the state database {path} is corrupt or not a runwatch database ({why}); "
+        "refusing to touch it. Restore it from a backup, or move it aside to start over "
+        "(runwatch will then record every run again as a silent baseline)"
+    )
