@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from runwatch.core.model import KNOWN_CONDITIONS, PENDING, RUNNING, TERMINAL_CONDITIONS
-from runwatch.simulator.server import (
+from runwatch.simulator import (
     SIM_ORG,
     UNKNOWN_CONDITION,
     Fault,
@@ -663,7 +663,7 @@ def test_it_prints_a_config_snippet_that_points_at_the_simulator(sim: Simulator)
 
 SERVE = """
 import argparse, sys
-from runwatch.simulator import server as simulator
+from runwatch.simulator import cli as simulator
 parser = argparse.ArgumentParser()
 simulator.add_arguments(parser)
 sys.exit(simulator.main(parser.parse_args(sys.argv[1:])))

@@ -50,7 +50,7 @@ def _common(parser: argparse.ArgumentParser, *, config: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from runwatch.cli import demo
-    from runwatch.simulator import server as simulator
+    from runwatch.simulator import cli as simulator
 
     parser = argparse.ArgumentParser(
         prog="runwatch",
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from runwatch.cli import commands, demo
-    from runwatch.simulator import server as simulator
+    from runwatch.simulator import cli as simulator
 
     if args.command == "simulate":
         return simulator.main(args)
