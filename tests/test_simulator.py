@@ -701,3 +701,16 @@ def test_it_serves_from_the_command_line_until_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_it_builds_the_simulate_parser_without_loading_the_server() -> None:
+    """runwatch.simulator.cli (which `runwatch --help` imports) loads no server, ssl or json."""
+    heavy = ("http.server", "ssl", "json", "socket", "structlog", "runwatch.simulator.server")
+    code = (
+        "import sys, argparse, runwatch.simulator.cli as cli\n"
+        "cli.add_arguments(argparse.ArgumentParser())\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
