@@ -199,6 +199,14 @@ def test_it_gives_outputs_to_a_run_that_succeeds_through_the_drive_api(sim: Simu
     assert outputs[-1]["metadata"]["timeCreated"] <= sim.document(run_id)["metadata"]["lastUpdated"]
 
 
+def test_it_saves_no_checkpoint_before_a_run_was_created(sim: Simulator) -> None:
+    """A run created already Succeeded has outputs saved at its creation, not before."""
+    run_id = sim.create_run(condition=SUCCEEDED)
+    created = sim.document(run_id)["metadata"]["timeCreated"]
+    times = {o["metadata"]["timeCreated"] for o in sim.outputs(run_id)}
+    assert times == {created}
+
+
 def test_it_keeps_checkpoints_already_served_when_a_running_run_succeeds(sim: Simulator) -> None:
     """A running run's first checkpoints stay as they were; success adds the rest after them."""
     run_id = next(r for r in runs_with(sim, RUNNING) if sim.outputs(r))

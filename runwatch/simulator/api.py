@@ -303,7 +303,8 @@ class Api:
 
         if found.ckpt:
             for i, output in enumerate(outputs):
-                if found.ckpt in (output.output_id, f"epoch_{output.epoch}"):
+                named = f"epoch_{output.epoch}" if output.epoch is not None else None
+                if found.ckpt in (output.output_id, named):
                     envelope = {"nextPage": None, "prevPage": None, "items": [build(i)]}
                     return self._envelope(envelope, fault, [])
             return error(404, f"run {run_id} has no checkpoint {found.ckpt}")

@@ -190,5 +190,5 @@ def completed_outputs(
     start = _training_start(record)
     if not saved and start is not None:
         after = start
-    after = min(after, at_ms - len(rest))
+    after = min(after, at_ms)
     return [*saved, *_spread(record.run_id, record.flow, rest, after, at_ms)]
