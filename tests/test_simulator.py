@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from runwatch.core.model import KNOWN_CONDITIONS, PENDING, RUNNING, TERMINAL_CONDITIONS
-from runwatch.simulator.server import (
+from runwatch.simulator import (
     SIM_ORG,
     UNKNOWN_CONDITION,
     Fault,
@@ -663,7 +663,7 @@ def test_it_prints_a_config_snippet_that_points_at_the_simulator(sim: Simulator)
 
 SERVE = """
 import argparse, sys
-from runwatch.simulator import server as simulator
+from runwatch.simulator import cli as simulator
 parser = argparse.ArgumentParser()
 simulator.add_arguments(parser)
 sys.exit(simulator.main(parser.parse_args(sys.argv[1:])))
@@ -701,3 +701,16 @@ def test_it_serves_from_the_command_line_until_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_it_builds_the_simulate_parser_without_loading_the_server() -> None:
+    """runwatch.simulator.cli (which `runwatch --help` imports) loads no server, ssl or json."""
+    heavy = ("http.server", "ssl", "json", "socket", "structlog", "runwatch.simulator.server")
+    code = (
+        "import sys, argparse, runwatch.simulator.cli as cli\n"
+        "cli.add_arguments(argparse.ArgumentParser())\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

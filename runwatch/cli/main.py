@@ -122,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "URL, organization id, secret key and a configuration snippet.",
         config=False,
     )
-    from runwatch.simulator import server as simulator  # TODO(sim-split): the light cli module
+    from runwatch.simulator.cli import add_arguments as simulator_arguments
 
-    simulator.add_arguments(p)
+    simulator_arguments(p)
     p = _command(
         sub,
         "demo",
@@ -159,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
-        from runwatch.simulator import server as simulator
+        from runwatch.simulator.cli import main as simulate
 
-        return simulator.main(args)
+        return simulate(args)
     if args.command == "demo":
         from runwatch.cli.demo import main as demo
 
