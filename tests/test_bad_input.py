@@ -159,11 +159,13 @@ def test_it_decodes_and_diffs_any_page_without_raising_and_names_what_it_skips(
     event_runs = [event.run_id for event in diff.events]
     assert set(event_runs) <= decoded and len(event_runs) == len(set(event_runs))
     assert {state.run_id for state in diff.upserts} <= decoded
-    assert diff.deleted == ()
+    assert all(state.deleted_at is None for state in diff.upserts)  # a page never deletes
     for event in diff.events:
         assert event.current is not None and event.workspace == "prod"
         assert event.kind == ("new" if event.run_id not in KNOWN else "transition")
-    changed = {r.run_id for r in page.runs if KNOWN.get(r.run_id) != state_of(r)}
+    changed = {
+        r.run_id for r in page.runs if KNOWN.get(r.run_id) != state_of(r, KNOWN.get(r.run_id))
+    }
     assert set(event_runs) <= changed  # a run seen only as it was known makes no event
 
     # Recording what was decided and seeing the same page again finds nothing new.

@@ -156,7 +156,8 @@ async def test_it_finds_a_deleted_run_at_the_next_full_resync_and_not_before(
             assert polls == FULL_RESYNC_S / INTERVAL_S - 1
 
             report, lists, gets = await poll(daemon, sim, clock)
-            assert (report.kind, report.events, lists, gets) == ("full", 1, 20, 0)
+            # The listing leaves it out; one GET (404) confirms it was deleted.
+            assert (report.kind, report.events, lists, gets) == ("full", 1, 20, 1)
             assert gone not in tracked(daemon, sim)
             assert daemon.store.load_runs(sim.organization_id).keys() == set(sim.run_ids())
             assert await daemon.deliver_once() == 1
@@ -174,7 +175,7 @@ async def test_it_counts_a_walk_to_the_end_of_the_listing_as_a_full_listing(
             sim.delete_run(gone)
             now_ms = int(clock() * 1000)
             report, lists, gets = await poll(daemon, sim, clock)
-            assert (report.kind, report.events, lists, gets) == ("incremental", 1, 1, 0)
+            assert (report.kind, report.events, lists, gets) == ("incremental", 1, 1, 1)
             assert gone not in tracked(daemon, sim)
             assert daemon.store.workspace(sim.organization_id).last_full_listing == now_ms
 

@@ -19,7 +19,7 @@ from runwatch.core.model import Condition, Event, OutboxItem, RunState
 from runwatch.errors import StoreError
 from runwatch.state.rows import RUN_STATE_FIELDS
 from runwatch.state.sqlite import SqliteStore
-from runwatch.state.sqlite_schema import RETENTION_MS, SCHEMA_VERSION
+from runwatch.state.sqlite_schema import MIGRATIONS, RETENTION_MS, SCHEMA_VERSION
 from runwatch.state.store import PollCommit
 
 ORG = "org-1"
@@ -178,20 +178,22 @@ def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
     assert store.load_runs(ORG) == {"full": full, "bare": bare}
 
 
-def test_it_updates_and_deletes_runs(store: SqliteStore) -> None:
-    """A later commit replaces a run's state and drops the runs it lists as deleted."""
+def test_it_updates_runs_and_keeps_tombstones_apart(store: SqliteStore) -> None:
+    """A later commit replaces a run's state; a tombstone leaves the live runs, kept aside."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("a"), run("b")]))
+    tomb = dataclasses.replace(run("b"), deleted_at=T0 + 1)
     store.commit_poll(
         PollCommit(
             organization_id=ORG,
             polled_at=T0 + 1,
-            upserts=[run("a", "Succeeded", T0 + 1)],
-            deleted=["b"],
+            upserts=[run("a", "Succeeded", T0 + 1), tomb],
         )
     )
     runs = store.load_runs(ORG)
     assert list(runs) == ["a"]
     assert runs["a"].latest == cond("Succeeded", T0 + 1)
+    assert store.load_tombstones(ORG) == {"b": tomb}
+    assert [s.run_id for s in store.tracked_runs()] == ["a"]
 
 
 def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
@@ -411,10 +413,11 @@ def test_it_refuses_a_database_from_a_newer_schema(db: Path) -> None:
     """A file written by a newer runwatch is refused, untouched."""
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     before = db.read_bytes()
-    with pytest.raises(StoreError, match=r"newer runwatch \(schema 2 > 1\); upgrade runwatch"):
+    newer = rf"newer runwatch \(schema {SCHEMA_VERSION + 1} > {SCHEMA_VERSION}\); upgrade runwatch"
+    with pytest.raises(StoreError, match=newer):
         SqliteStore.open(db)
     assert db.read_bytes() == before
 
@@ -562,3 +565,31 @@ def test_it_commits_and_loads_a_100k_run_baseline(db: Path) -> None:
         loaded = store.load_runs(ORG)
     assert len(loaded) == 100_000
     assert loaded == {r.run_id: r for r in runs}
+
+
+def test_it_migrates_a_schema_1_file_and_reads_one_without_changing_it(db: Path) -> None:
+    """A state file of the first schema keeps its runs through the upgrade; read-only, too."""
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO runs (organization_id, run_id, condition, status, last_transition_time, "
+        "time_created) VALUES (?, 'old', 'Running', 'Reached', ?, ?)",
+        (ORG, T0 + 5, T0),
+    )
+    conn.close()
+    before = db.read_bytes()
+
+    reader = SqliteStore.open_read_only(db)
+    assert reader is not None
+    with reader:
+        [seen] = reader.tracked_runs()
+    assert (seen.run_id, seen.generation, seen.deleted_at) == ("old", None, None)
+    assert db.read_bytes() == before
+
+    with SqliteStore.open(db) as store:
+        runs = store.load_runs(ORG)
+    assert runs["old"].latest == cond("Running", T0 + 5)
+    assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]

@@ -1,4 +1,6 @@
-"""The diff between remembered and observed runs, pushed through with plain values."""
+"""The diff between remembered and observed runs, pushed through with plain values.
+
+Each case of `core.transitions`' theory has a test here, named for the rule it checks."""
 
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runwatch.core.model import Condition, Event, Run, RunState
-from runwatch.core.transitions import Diff, detect_deletions, detect_transitions, state_of
+from runwatch.core.transitions import (
+    Diff,
+    Fold,
+    detect_transitions,
+    is_older,
+    listing_looks_broken,
+    state_of,
+)
 
 ORG = "org-1"
 NOW = 1_700_000_999_000
@@ -34,6 +43,7 @@ def a_run(*conditions: Condition, run_id: str = "run_1", **fields: Any) -> Run:
         "conditions": conditions,
         "time_created": 500,
         "last_updated": 100 + len(conditions),
+        "generation": len(conditions),
         "flow_name": "yolo",
         "etag": f"etag-{len(conditions)}",
     }
@@ -42,11 +52,19 @@ def a_run(*conditions: Condition, run_id: str = "run_1", **fields: Any) -> Run:
 
 
 def known_from(*runs: Run) -> dict[str, RunState]:
-    return {r.run_id: state_of(r) for r in runs}
+    return {r.run_id: state_of(r, now_ms=NOW) for r in runs}
+
+
+def remembered(run: Run, known: dict[str, RunState]) -> RunState:
+    """What the diff should remember of `run`, seen again after `known`."""
+    return state_of(run, known.get(run.run_id), now_ms=NOW)
 
 
 def diff(known: dict[str, RunState], *observed: Run, baseline: bool = False) -> Diff:
     return detect_transitions(known, observed, workspace="prod", baseline=baseline, now_ms=NOW)
+
+
+YEAR_MS = 365 * 86_400_000
 
 
 @pytest.mark.parametrize(
@@ -54,30 +72,118 @@ def diff(known: dict[str, RunState], *observed: Run, baseline: bool = False) -> 
     [
         (RUNNING, FAILED),  # another condition
         (RUNNING, replace(RUNNING, status="FailedReach")),  # same condition, another status
-        (RUNNING, replace(RUNNING, last_transition_time=2_500)),  # same state, entered again
+        (FAILED, replace(FAILED, last_transition_time=9_000)),  # left and came back (below)
     ],
 )
 def test_it_emits_a_transition_when_the_latest_condition_changes(
     before: Condition, after: Condition
 ) -> None:
-    """A change of condition, status or transition time is one transition event."""
+    """A new condition or status, or a condition entered again, is one transition event."""
     old = a_run(PENDING, before)
-    new = a_run(PENDING, before, after)
+    new = a_run(PENDING, before, RUNNING, after) if after.same_value(before) else a_run(
+        PENDING, before, after
+    )
+    known = known_from(old)
 
-    result = diff(known_from(old), new)
+    result = diff(known, new)
 
-    assert [(e.kind, e.previous, e.current, e.skipped) for e in result.events] == [
-        ("transition", before, after, ())
+    assert [(e.kind, e.previous, e.current) for e in result.events] == [
+        ("transition", before, after)
     ]
-    assert result.upserts == (state_of(new),)
-    assert result.deleted == ()
+    assert result.upserts == (remembered(new, known),)
+
+
+@pytest.mark.parametrize(
+    ("stored", "observed", "why"),
+    [
+        # two API servers' clocks: the Failed is dated 5 ms before the stored Running
+        (
+            (PENDING, RUNNING),
+            (PENDING, replace(FAILED, last_transition_time=RUNNING.last_transition_time - 5)),
+            "dated before the stored condition",
+        ),
+        ((PENDING, RUNNING), (PENDING, replace(FAILED, last_transition_time=-YEAR_MS)), "a year"),
+        # the latest condition rewritten in place at the same instant
+        (
+            (PENDING, RUNNING),
+            (PENDING, replace(FAILED, last_transition_time=RUNNING.last_transition_time)),
+            "rewritten in place",
+        ),
+        # a status change at the same time
+        (
+            (PENDING, replace(FAILED, status="Waiting")),
+            (PENDING, replace(FAILED, status="FailedReach")),
+            "a status change at the same time",
+        ),
+    ],
+)
+def test_it_reports_any_change_of_the_latest_condition_whatever_its_time_says(
+    stored: tuple[Condition, ...], observed: tuple[Condition, ...], why: str
+) -> None:
+    """Condition times from several servers never hide a change: a newer document decides."""
+    old = a_run(*stored, generation=5)
+    new = a_run(*observed, generation=6)
+
+    [event] = diff(known_from(old), new).events
+
+    assert (event.kind, event.previous, event.current) == ("transition", stored[-1], observed[-1])
+
+
+def test_it_reports_a_failure_after_a_run_dated_a_day_ahead() -> None:
+    """A Running dated a day in the future, then a Failed dated now: both are reported."""
+    ahead = replace(RUNNING, last_transition_time=NOW + 86_400_000)
+    failed = replace(FAILED, last_transition_time=NOW)
+    known = known_from(a_run(PENDING, generation=1))
+
+    first = diff(known, a_run(PENDING, ahead, generation=2))
+    known.update({s.run_id: s for s in first.upserts})
+    second = diff(known, a_run(PENDING, ahead, failed, generation=3))
+
+    assert [e.current for e in (*first.events, *second.events)] == [ahead, failed]
+
+
+@pytest.mark.parametrize(
+    ("stored", "older"),
+    [
+        ({"generation": 7}, {"generation": 6, "last_updated": 10**15}),  # generation decides
+        ({"generation": None, "last_updated": 200}, {"generation": None, "last_updated": 150}),
+        ({"generation": 7, "last_updated": 200}, {"generation": None, "last_updated": 150}),
+    ],
+)
+def test_it_ignores_a_view_older_than_the_document_it_remembers(
+    stored: dict[str, Any], older: dict[str, Any]
+) -> None:
+    """A lagging replica's older document yields no event and no upsert, whatever it shows."""
+    known = known_from(a_run(PENDING, RUNNING, FAILED, **stored))
+    stale = a_run(PENDING, RUNNING, **older)
+
+    assert is_older(stale, known["run_1"])
+    assert diff(known, stale) == Diff(events=(), upserts=())
+
+
+def test_it_records_a_rewritten_time_of_the_same_condition_silently() -> None:
+    """The same condition and status at another time, not re-entered, is no transition."""
+    known = known_from(a_run(PENDING, RUNNING))
+    moved = a_run(PENDING, replace(RUNNING, last_transition_time=2_500), generation=9)
+
+    result = diff(known, moved)
+
+    assert result.events == ()
+    assert result.upserts == (remembered(moved, known),)
+    assert result.upserts[0].seen_at == known["run_1"].seen_at  # still the same entry
+
+
+def test_it_ignores_a_view_that_lost_its_conditions() -> None:
+    """Conditions are never removed: a view without them changes nothing."""
+    known = known_from(a_run(PENDING))
+    assert diff(known, a_run(generation=9)) == Diff(events=(), upserts=())
 
 
 def test_it_emits_nothing_for_the_same_observation_twice() -> None:
     """Seeing a run exactly as remembered yields an empty diff."""
     run = a_run(PENDING, RUNNING)
 
-    assert diff(known_from(run), run) == Diff(events=(), upserts=(), deleted=())
+    assert diff(known_from(run), run) == Diff(events=(), upserts=())
 
 
 @pytest.mark.parametrize(
@@ -85,6 +191,7 @@ def test_it_emits_nothing_for_the_same_observation_twice() -> None:
     [
         {"etag": "etag-new"},
         {"last_updated": 999},
+        {"generation": 40},
         {"log": "https://logs.example/run_1"},
         {"killed_at": 2_500},
         {"flow_name": "renamed"},
@@ -96,26 +203,19 @@ def test_it_upserts_without_an_event_when_only_metadata_moved(change: dict[str, 
     """Metadata that moved without a condition change is written, and nobody is told."""
     old = a_run(PENDING, RUNNING)
     new = replace(old, **change)
+    known = known_from(old)
 
-    result = diff(known_from(old), new)
+    result = diff(known, new)
 
     assert result.events == ()
-    assert result.upserts == (state_of(new),)
-
-
-def test_it_ignores_metadata_older_than_what_it_remembers() -> None:
-    """A replica's older last_updated with an unchanged condition does not undo a newer write."""
-    stored = a_run(PENDING, RUNNING, last_updated=200, etag="new")
-    stale = a_run(PENDING, RUNNING, last_updated=150, etag="old")
-
-    assert diff(known_from(stored), stale) == Diff(events=(), upserts=(), deleted=())
+    assert result.upserts == (remembered(new, known),)
 
 
 def test_it_returns_an_empty_diff_for_a_listing_of_unchanged_runs() -> None:
     """Quiet runs produce nothing at all, whatever their number."""
     runs = [a_run(PENDING, RUNNING, run_id=f"run_{i}") for i in range(50)]
 
-    assert diff(known_from(*runs), *runs) == Diff(events=(), upserts=(), deleted=())
+    assert diff(known_from(*runs), *runs) == Diff(events=(), upserts=())
 
 
 def test_it_records_every_run_without_events_on_the_baseline() -> None:
@@ -129,7 +229,7 @@ def test_it_records_every_run_without_events_on_the_baseline() -> None:
     result = diff({}, *runs, baseline=True)
 
     assert result.events == ()
-    assert result.upserts == tuple(state_of(r) for r in runs)
+    assert result.upserts == tuple(state_of(r, now_ms=NOW) for r in runs)
 
 
 def test_it_emits_new_with_the_earlier_conditions_skipped_for_an_unknown_run() -> None:
@@ -141,7 +241,7 @@ def test_it_emits_new_with_the_earlier_conditions_skipped_for_an_unknown_run() -
     assert [(e.kind, e.run_id, e.previous, e.current, e.skipped) for e in result.events] == [
         ("new", "run_new", None, FAILED, (PENDING, RUNNING))
     ]
-    assert result.upserts == (state_of(run),)
+    assert result.upserts == (state_of(run, now_ms=NOW),)
 
 
 def test_it_records_a_new_run_without_conditions_and_reports_its_first_one_later() -> None:
@@ -149,7 +249,8 @@ def test_it_records_a_new_run_without_conditions_and_reports_its_first_one_later
     empty = a_run(run_id="run_new")
     first = diff({}, empty)
     assert first.events == ()
-    assert first.upserts == (state_of(empty),)
+    assert first.upserts == (state_of(empty, now_ms=NOW),)
+    assert diff({s.run_id: s for s in first.upserts}, empty) == Diff(events=(), upserts=())
 
     started = a_run(PENDING, RUNNING, run_id="run_new")
     second = diff({s.run_id: s for s in first.upserts}, started)
@@ -185,64 +286,34 @@ def test_it_reports_the_conditions_passed_through_between_two_polls(
 
 
 @pytest.mark.parametrize(
-    ("stored", "observed"),
-    [
-        # an older transition time: a replica that has not seen the latest change yet
-        ((PENDING, RUNNING, FAILED), (PENDING, RUNNING)),
-        ((PENDING, RUNNING), (PENDING,)),
-        # the same millisecond, but without the stored condition in its history
-        (
-            (PENDING, replace(RUNNING, last_transition_time=1_000)),
-            (PENDING,),
-        ),
-        # conditions are never removed
-        ((PENDING,), ()),
-    ],
-)
-def test_it_ignores_a_stale_read(
-    stored: tuple[Condition, ...], observed: tuple[Condition, ...]
-) -> None:
-    """An observation behind the remembered state yields no event and no upsert."""
-    result = diff(known_from(a_run(*stored)), a_run(*observed))
-
-    assert result == Diff(events=(), upserts=(), deleted=())
-
-
-def test_it_accepts_a_change_within_the_same_millisecond_that_follows_the_stored_one() -> None:
-    """Two conditions entered in one millisecond are a transition when the order is visible."""
-    started = replace(RUNNING, last_transition_time=PENDING.last_transition_time)
-
-    result = diff(known_from(a_run(PENDING)), a_run(PENDING, started))
-
-    assert [(e.previous, e.current) for e in result.events] == [(PENDING, started)]
-
-
-@pytest.mark.parametrize(
     ("first", "second", "winner"),
     [
-        ({"last_updated": 300}, {"last_updated": 200}, 0),
-        ({"last_updated": 200}, {"last_updated": 300}, 1),
-        # equal last_updated: the longer history is the fresher view
+        ({"generation": 3, "last_updated": 100}, {"generation": 2, "last_updated": 900}, 0),
+        ({"generation": None, "last_updated": 300}, {"generation": None, "last_updated": 200}, 0),
+        ({"generation": None, "last_updated": 200}, {"generation": None, "last_updated": 300}, 1),
+        # equal versions: the longer history is the fresher view
         ({"last_updated": 300, "conditions": (PENDING,)}, {"last_updated": 300}, 1),
-        ({"last_updated": None}, {"last_updated": None, "conditions": (PENDING,)}, 0),
+        ({"generation": None, "last_updated": None}, {"generation": None, "last_updated": None,
+                                                      "conditions": (PENDING,)}, 0),
     ],
-)
-def test_it_considers_a_run_listed_twice_once_taking_the_fresher_observation(
+)  # fmt: skip
+def test_it_considers_a_run_listed_twice_once_taking_the_newer_observation(
     first: dict[str, Any], second: dict[str, Any], winner: int
 ) -> None:
     """Pages shifting under the cursor must not make a run count twice."""
     base = a_run(PENDING, RUNNING, FAILED)
     observations = [replace(base, **first), replace(base, **second)]
+    known = known_from(a_run(PENDING, generation=1, last_updated=50))
 
-    result = diff(known_from(a_run(PENDING)), *observations)
+    result = diff(known, *observations)
 
     assert len(result.events) == 1
     assert result.events[0].current == observations[winner].latest
-    assert result.upserts == (state_of(observations[winner]),)
+    assert result.upserts == (remembered(observations[winner], known),)
 
 
 def test_it_fills_events_from_the_observed_run_and_the_poll() -> None:
-    """Events carry the run's descriptive fields, the workspace name and the poll time."""
+    """Events carry the run's descriptive fields, its history, the workspace and the time."""
     run = a_run(
         PENDING,
         FAILED,
@@ -264,49 +335,115 @@ def test_it_fills_events_from_the_observed_run_and_the_poll() -> None:
         previous=PENDING,
         current=FAILED,
         skipped=(),
+        history=(PENDING, FAILED),
         flow_name="yolo-detector",
         training_project="traffic-signs",
         attributes={"team": "vision"},
         time_created=700,
         killed_at=2_900,
         log="https://logs.example/run_1",
+        generation=2,
         detected_at=NOW,
     )
+    assert event.key == f"{ORG}/run_1/transition/Failed/Reached/3000/g2"
 
 
-def test_it_reports_known_runs_missing_from_a_full_listing_as_deleted() -> None:
-    """Every known run not seen is dropped, with a "deleted" event holding its last state."""
+def test_it_keeps_its_own_observations_of_a_run_across_polls() -> None:
+    """seen_at follows the condition, changed_at the document, marks their own kind."""
+    first = state_of(a_run(PENDING, RUNNING), now_ms=1_000)
+    marked = replace(first, marks={"for:stuck": 2, "stall:quiet": 1})
+
+    same = state_of(a_run(PENDING, RUNNING), marked, now_ms=5_000)
+    touched = state_of(a_run(PENDING, RUNNING, etag="e2"), marked, now_ms=6_000)
+    moved = state_of(a_run(PENDING, RUNNING, FAILED), marked, now_ms=7_000)
+
+    assert (same.seen_at, same.changed_at, same.marks) == (1_000, 1_000, marked.marks)
+    assert (touched.seen_at, touched.changed_at, touched.marks) == (1_000, 6_000, {"for:stuck": 2})
+    assert (moved.seen_at, moved.changed_at, moved.marks) == (7_000, 7_000, {})
+
+
+# --- folding a poll: runs go missing only from a complete listing, and are deleted by a GET ---
+
+
+def folded(known: dict[str, RunState], tombstones: dict[str, RunState] | None = None) -> Fold:
+    return Fold(known, workspace="prod", baseline=False, now_ms=NOW, tombstones=tombstones)
+
+
+def test_it_counts_runs_it_could_not_decode_as_still_there() -> None:
+    """An undecodable item is never missing: its id was seen, just not read."""
+    known = known_from(a_run(PENDING, run_id="a"), a_run(PENDING, run_id="b"))
+    fold = folded(known)
+    fold.add([a_run(PENDING, run_id="a")], skipped=["b"])
+
+    assert fold.missing() == []
+
+
+def test_it_deletes_only_what_a_get_confirmed_and_keeps_a_tombstone() -> None:
+    """Missing runs are candidates; delete() makes each a tombstone and a "deleted" event."""
     kept = a_run(PENDING, run_id="run_kept")
     gone = a_run(PENDING, RUNNING, run_id="run_gone", training_project="p", log="l")
-    never_started = a_run(run_id="run_empty")
+    known = known_from(kept, gone)
+    fold = folded(known)
+    fold.add([kept])
 
-    result = detect_deletions(
-        known_from(kept, gone, never_started), {"run_kept"}, workspace="prod", now_ms=NOW
-    )
+    assert [s.run_id for s in fold.missing()] == ["run_gone"]
+    assert fold.result() == Diff(events=(), upserts=())  # missing is not deleted
 
-    assert result.deleted == ("run_gone", "run_empty")
-    assert result.upserts == ()
-    assert [(e.kind, e.run_id, e.previous, e.current) for e in result.events] == [
-        ("deleted", "run_gone", RUNNING, None),
-        ("deleted", "run_empty", None, None),
+    fold.delete(fold.missing())
+    result = fold.result()
+
+    [event] = result.events
+    assert (event.kind, event.run_id, event.previous, event.current) == (
+        "deleted", "run_gone", RUNNING, None,
+    )  # fmt: skip
+    assert (event.workspace, event.training_project, event.log) == ("prod", "p", "l")
+    assert event.key == f"{ORG}/run_gone/deleted/500/{NOW}"
+    assert result.upserts == (replace(known["run_gone"], deleted_at=NOW),)
+
+
+def test_it_compares_a_reappearing_run_with_its_tombstone_never_calling_it_new() -> None:
+    """Seen again with its creation time, a deleted run is the same run: changed or restored."""
+    tomb = replace(state_of(a_run(PENDING, RUNNING), now_ms=1), deleted_at=NOW - 1)
+
+    unchanged = folded({}, {"run_1": tomb})
+    unchanged.add([a_run(PENDING, RUNNING)])
+    changed = folded({}, {"run_1": tomb})
+    changed.add([a_run(PENDING, RUNNING, FAILED)])
+
+    assert unchanged.result().events == ()
+    assert [s.deleted_at for s in unchanged.result().upserts] == [None]
+    assert [(e.kind, e.previous, e.current) for e in changed.result().events] == [
+        ("transition", RUNNING, FAILED)
     ]
-    event = result.events[0]
-    assert (event.workspace, event.flow_name, event.training_project, event.log) == (
-        "prod",
-        "yolo",
-        "p",
-        "l",
+
+
+def test_it_announces_a_recreated_id_as_new_and_each_of_its_deletions() -> None:
+    """Another creation time under a deleted id is a new run; every deletion is its own event."""
+    tomb = replace(state_of(a_run(PENDING), now_ms=1), deleted_at=NOW - 10)
+    fold = folded({}, {"run_1": tomb})
+    again = a_run(PENDING, time_created=9_000)
+    fold.add([again])
+    [new] = fold.result().events
+
+    second = Fold(
+        {"run_1": state_of(again, now_ms=NOW)}, workspace="prod", baseline=False, now_ms=NOW + 1
     )
-    assert (event.detected_at, event.key) == (NOW, f"{ORG}/run_gone/deleted/deleted")
+    second.delete(second.missing())
+    [deleted] = second.result().events
+
+    assert new.kind == "new"
+    assert deleted.kind == "deleted" and deleted.key != f"{ORG}/run_1/deleted/500/{NOW - 10}"
 
 
-def test_it_reports_no_deletion_when_every_known_run_was_seen() -> None:
-    """A complete listing that still holds every run deletes nothing."""
-    known = known_from(a_run(PENDING, run_id="a"), a_run(run_id="b"))
-
-    result = detect_deletions(known, {"a", "b", "c"}, workspace="prod", now_ms=NOW)
-
-    assert result == Diff(events=(), upserts=(), deleted=())
+@pytest.mark.parametrize(
+    ("missing", "known", "broken"),
+    [(0, 300, False), (9, 10, False), (10, 40, False), (11, 40, True), (300, 300, True)],
+)
+def test_it_suspects_a_listing_that_misses_a_large_share_of_the_known_runs(
+    missing: int, known: int, broken: bool
+) -> None:
+    """At least ten runs and more than a quarter of them missing at once: check first."""
+    assert listing_looks_broken(missing, known) is broken
 
 
 def test_it_diffs_100_000_unchanged_runs_to_an_empty_diff() -> None:
@@ -321,7 +458,7 @@ def test_it_diffs_100_000_unchanged_runs_to_an_empty_diff() -> None:
 
     result = diff(known, *runs)
 
-    assert result == Diff(events=(), upserts=(), deleted=())
+    assert result == Diff(events=(), upserts=())
 
 
 # --- property: feeding upserts back, events never repeat and forward moves are never lost ---
@@ -330,19 +467,20 @@ _conditions = st.builds(
     Condition,
     condition=st.sampled_from(["Pending", "Running", "Succeeded", "Failed", "Started"]),
     status=st.sampled_from(["Waiting", "Reached", "FailedReach"]),
-    last_transition_time=st.integers(0, 2),  # a step of the time, 0 allowing ties
+    last_transition_time=st.integers(-2, 2),  # a step of a server's clock, which may go back
 )
 
 
 @st.composite
 def _histories(draw: st.DrawFn) -> tuple[Condition, ...]:
-    """One run's true condition history: distinct states with non-decreasing times."""
+    """One run's true condition history: each step a new condition or status."""
     history: list[Condition] = []
     now = 1_000
     for step in draw(st.lists(_conditions, max_size=6)):
         now += step.last_transition_time
         condition = replace(step, last_transition_time=now)
-        if not any(condition.same_state(c) for c in history):
+        fresh = not history or not condition.same_value(history[-1])
+        if fresh and not any(condition.same_state(c) for c in history):
             history.append(condition)
     return tuple(history)
 
@@ -355,14 +493,16 @@ def _histories(draw: st.DrawFn) -> tuple[Condition, ...]:
 def test_it_emits_each_forward_change_once_and_ignores_stale_views(
     history: tuple[Condition, ...], polls: list[list[int]], baseline: bool
 ) -> None:
-    """Arbitrary views of one history (out of order, repeated) give one event per change."""
+    """Arbitrary views of one history (out of order, repeated, with clocks going back) give one
+    event per change; a view of an older version never counts."""
     known: dict[str, RunState] = {}
     keys: list[str] = []
     seen = -1  # the longest prefix of the history seen so far; -1 before the first poll
     for i, lengths in enumerate(polls):
-        # Each poll sees the run as a prefix of its history, maybe twice (shifted pages).
+        # Each poll sees the run as a prefix of its history, maybe twice (shifted pages);
+        # the document's generation is the length of the prefix.
         views = [
-            a_run(*history[: min(n, len(history))], last_updated=min(n, len(history)) or None)
+            a_run(*history[: min(n, len(history))], generation=min(n, len(history)))
             for n in lengths
         ]
         freshest = max(len(v.conditions) for v in views)

@@ -132,14 +132,23 @@ async def test_it_gets_one_run_and_sees_it_change(sim: Simulator, rec: Recorder)
     assert changed.etag != first.etag
 
 
-async def test_it_quotes_the_run_id_in_the_path(sim: Simulator, rec: Recorder) -> None:
-    """A run id with a slash, space and question mark still addresses that one run."""
+async def test_it_refuses_a_run_id_that_is_not_one_but_quotes_what_it_asks_for(
+    sim: Simulator, rec: Recorder
+) -> None:
+    """An id with a slash, space and question mark still addresses only that one run in the
+    path, and the answer is refused at the edge: such an id never reaches URLs, logs or state."""
     odd = "run/odd id?x=1"
     sim.create_run(run_id=odd, condition="Running")
     async with client_for(sim, rec) as client:
-        run = await client.get_run(odd)
+        with pytest.raises(ViBadResponseError, match="without a usable runId"):
+            await client.get_run(odd)
+        pages = [page async for page in client.list_runs(100)]
 
-    assert run is not None and run.run_id == odd
+    assert {r.path for r in sim.requests_log() if r.endpoint == "get"} == {
+        f"/workspaces/{sim.organization_id}/runs/run%2Fodd%20id%3Fx%3D1"
+    }
+    assert odd not in {r.run_id for page in pages for r in page.runs}
+    assert sum(len(page.skipped) for page in pages) == 1
 
 
 async def test_it_raises_not_found_for_a_missing_run_without_retrying(

@@ -30,10 +30,18 @@ class RunIndex(MutableMapping[str, RunState]):
     sorted list would cost a quadratic memmove. Deletions cost one bisect and a memmove.
     """
 
-    __slots__ = ("_added", "_created", "_runs", "_unfinished", "terminal")
+    __slots__ = ("_added", "_created", "_runs", "_unfinished", "terminal", "tombstones")
 
-    def __init__(self, runs: Mapping[str, RunState], *, terminal: frozenset[str]) -> None:
+    def __init__(
+        self,
+        runs: Mapping[str, RunState],
+        *,
+        terminal: frozenset[str],
+        tombstones: Mapping[str, RunState] | None = None,
+    ) -> None:
         self.terminal = terminal
+        # Runs confirmed deleted, kept so that one seen again is compared, not announced.
+        self.tombstones: dict[str, RunState] = dict(tombstones or {})
         self._runs: dict[str, RunState] = dict(runs)
         self._unfinished: dict[str, RunState] = {
             run_id: s for run_id, s in self._runs.items() if is_unfinished(s, terminal)
@@ -92,6 +100,15 @@ class RunIndex(MutableMapping[str, RunState]):
         if i < len(times) and times[i] == created:
             del times[i]
 
+    def record(self, state: RunState) -> None:
+        """Take in one committed RunState: a live run, or a tombstone (`deleted_at` set)."""
+        if state.deleted_at is None:
+            self.tombstones.pop(state.run_id, None)
+            self[state.run_id] = state
+        else:
+            self.pop(state.run_id, None)
+            self.tombstones[state.run_id] = state
+
     def as_dict(self) -> Mapping[str, RunState]:
         """The runs, read-only by type, for lookups at dict speed."""
         return self._runs
@@ -100,9 +117,13 @@ class RunIndex(MutableMapping[str, RunState]):
         """The runs that may still change (see `is_unfinished`)."""
         return list(self._unfinished.values())
 
-    def newest_created(self) -> int | None:
+    def newest_created(self, *, not_after: int | None = None) -> int | None:
+        """The newest creation time known, ignoring any later than `not_after`."""
         times = self._sorted_created()
-        return times[-1] if times else None
+        if not_after is None:
+            return times[-1] if times else None
+        i = bisect.bisect_right(times, not_after)
+        return times[i - 1] if i else None
 
     def created_after(self, time_created: int) -> int:
         """How many known runs were created after `time_created`."""

@@ -3,53 +3,70 @@
 Theory of operation
 -------------------
 A run's state is its *latest condition*: the last element of `status.conditions`. runwatch
-remembers one `RunState` per run (`state_of`) and, on every poll, compares each observed run
-with it. Everything else in the pipeline (rules, outbox, delivery) only acts on what this
-module decides, so these are the semantics, in full:
+remembers one `RunState` per run and, on every poll, compares each observed run with it.
+Everything else in the pipeline (rules, outbox, delivery) only acts on what this module
+decides, so these are the semantics, in full:
 
-- **Transition.** The latest condition changed: a different `condition`, `status` or
-  `last_transition_time` (`Condition.same_state`). One Event of kind "transition" with
-  `previous` = the stored latest and `current` = the observed latest. A run that had no
-  condition and now has one makes a transition with `previous=None`.
+- **Order is the document's own version.** Two API servers' clocks disagree, so condition
+  times never decide which of two views is newer. A view is *older* than the one known when
+  its `metadata.generation` is lower; when either lacks a generation, when its
+  `metadata.lastUpdated` is earlier; when both lack both, it is not older. An older view
+  (a lagging replica) is ignored whole: no event, nothing written.
+- **Transition.** In a view that is not older, any change of the latest condition's value
+  (`condition`) or `status` is a transition, whatever its time says: a Failed dated 5 ms
+  before the stored Running, dated a year back, or rewritten in place over Running at the
+  same instant; Failed/Waiting becoming Failed/FailedReach. The same condition and status
+  at another time is a transition only when the stored latest sits earlier in the observed
+  history (the run left and came back: Failed, Running, Failed); otherwise the API rewrote
+  a time, which is recorded silently. One Event of kind "transition" with `previous` = the
+  stored latest and `current` = the observed latest. A run that had no condition and now has
+  one makes a transition with `previous=None`. A view that lost its conditions altogether
+  is ignored: conditions are never removed.
 - **Nothing new.** The same observation again yields no event. Metadata that moved without
   a condition change (etag, last_updated, log, ...) is an upsert of the RunState and no
   event. A run whose RunState is unchanged yields nothing at all, so a full listing of
   100,000 quiet runs is an empty Diff.
 - **Baseline.** A workspace's first poll records every observed run and emits nothing:
   installing runwatch on an organization with 5,000 finished runs sends no message.
-- **New run.** A run absent from `known` after the baseline is an Event of kind "new" with
-  `previous=None` (a run created and failed between two polls still gets its Failed
+- **New run.** A run absent from what is known after the baseline is an Event of kind "new"
+  with `previous=None` (a run created and failed between two polls still gets its Failed
   message). A new run with no condition yet is only recorded; its first condition later is
   a "transition" with `previous=None`.
 - **Skipped.** When a run moved several steps between two polls, `skipped` holds the
   conditions strictly between the stored latest and the observed latest, oldest first,
   found by locating the stored latest in the observed history. Not found: (). When there
   was no stored latest ("new", or a first condition), everything before the latest.
-- **Stale read.** The API is eventually consistent: a replica may answer with an older
-  view of a run than one already seen. Such an observation is ignored (no event, no upsert)
-  so runwatch never flip-flops back and notifies the same change twice. An observation is
-  stale when its latest condition is older than the stored one, or equally old but a
-  different state that does not have the stored one in its history (two views of the same
-  millisecond: only one that has seen the stored state can be newer than it), or when it
-  has lost its conditions altogether. Metadata is stale when the condition is unchanged and
-  `last_updated` went backwards: nothing is written.
 - **Duplicates in one listing.** Pages shift under the cursor while runs are created, so a
-  run may be listed twice; the observation with the greater `(last_updated or 0,
-  len(conditions))` counts, the other is dropped.
-- **Deletion.** A run known but absent from a complete listing was deleted
-  (`detect_deletions`): it is dropped from state and an Event of kind "deleted" carries
-  its last known condition as `previous` and `current=None`. Whether anyone hears of it is
-  up to the rules.
+  run may be listed twice; the newer view (by version, as above; then the one with more
+  conditions) counts, the other is dropped.
+- **Deletion, confirmed.** A listing alone never deletes: a run known but absent from a
+  complete listing is only *missing* (`Fold.missing`). It is deleted when a GET of it
+  answers 404 (`Fold.delete`, called by the poller), which costs one request per missing
+  run and is bounded per poll (`CONFIRMATIONS_PER_POLL`); the rest wait for the next
+  complete listing. A listing from which a large share of the known runs is missing at once
+  (`listing_looks_broken`) is first checked against a few GETs: if any of those runs is
+  still there, the listing was broken (an empty page, a page 1 claiming to be the last,
+  items under the wrong key) and the poll fails, changing nothing. A deleted run leaves a
+  tombstone (its last state, `deleted_at`) and an Event of kind "deleted" carrying its last
+  known condition as `previous` and `current=None`; whether anyone hears of it is up to the
+  rules.
+- **Reappearing.** A run seen again while a tombstone of it is kept is compared with the
+  tombstone: with the same creation time it is the same run (a transition if its condition
+  changed meanwhile, else silently restored), never announced as new; with another creation
+  time the id was re-created, and it is a new run. Each deletion is its own event.
 - **Finished.** A run is finished when its latest condition is terminal: the built-in
   Succeeded, Failed, Error, Cancelled, plus `poll.terminal_conditions` (`terminal_conditions`).
   Finished runs are not re-fetched between full listings; they still count in every diff.
+- **runwatch's own observations.** `seen_at` is when runwatch first saw the current latest
+  condition, `changed_at` when it last saw the document change; time-rule `marks` of kind
+  "for:" live as long as the condition, those of kind "stall:" as long as the document.
 
 Folding a poll (`Fold`): a poll sees its runs page by page, each page diffed against the
 known runs as the pages before it changed them, so a run listed twice is one change. A run
-that could not be decoded is still there: its id counts as seen, so it never looks deleted.
-Deletions are concluded only from a complete listing (every page to the last), whatever kind
-of poll walked it: a steady-state walk that reached the end of a small listing is as
-complete as a full resync, and is recorded as one (`Fold.result(complete=True)`).
+that could not be decoded is still there: its id counts as seen, so it is never missing.
+Runs go missing only from a complete listing (every page to the last), whatever kind of poll
+walked it: a steady-state walk that reached the end of a small listing is as complete as a
+full resync, and is recorded as one.
 
 Events take their descriptive fields (flow, project, attributes, log, ...) from the
 observation, the workspace name from the configuration, and `detected_at` from the poll's
@@ -58,8 +75,10 @@ clock, passed in as `now_ms`: this module reads no clock and does no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from runwatch.core.model import TERMINAL_CONDITIONS, Condition, Event, EventKind, Run, RunState
@@ -67,14 +86,24 @@ from runwatch.core.run_index import Overlay
 
 PollKind = Literal["baseline", "full", "incremental"]
 
+CONFIRMATIONS_PER_POLL = 50  # GETs a poll may spend confirming missing runs deleted
+BROKEN_LISTING_SHARE = 0.25  # missing more than this share of the known runs at once ...
+BROKEN_LISTING_MIN = 10  # ... and at least this many, and the listing is checked first
+BROKEN_LISTING_SAMPLE = 3  # GETs that check such a listing
+FOR_MARK, STALL_MARK = "for:", "stall:"
+_NO_MARKS: Mapping[str, int] = MappingProxyType({})
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Diff:
-    """What one poll found: events to record and the state changes that go with them."""
+    """What one poll found: events to record and the state changes that go with them.
+
+    `upserts` holds the RunStates to write: new runs, runs whose RunState changed, tombstones
+    of deleted runs (`deleted_at` set) and restored runs (a tombstone's run seen again).
+    """
 
     events: tuple[Event, ...]
-    upserts: tuple[RunState, ...]  # RunStates to write: new runs and runs whose RunState changed
-    deleted: tuple[str, ...]  # run ids to drop from state
+    upserts: tuple[RunState, ...]
 
 
 def terminal_conditions(extra: Iterable[str] = ()) -> frozenset[str]:
@@ -94,21 +123,63 @@ def choose_kind(
     return "incremental"
 
 
-def state_of(run: Run) -> RunState:
-    """What runwatch remembers of an observed run."""
+def listing_looks_broken(missing: int, known: int) -> bool:
+    """True when a complete listing misses so many known runs at once that it is suspect."""
+    return missing >= BROKEN_LISTING_MIN and missing > BROKEN_LISTING_SHARE * known
+
+
+def is_older(run: Run, stored: RunState) -> bool:
+    """True when `run` is an older view of the document than the one `stored` records."""
+    if run.generation is not None and stored.generation is not None:
+        return run.generation < stored.generation
+    if run.last_updated is not None and stored.last_updated is not None:
+        return run.last_updated < stored.last_updated
+    return False
+
+
+def state_of(run: Run, stored: RunState | None = None, *, now_ms: int = 0) -> RunState:
+    """What runwatch remembers of an observed run, carrying over its own observations."""
+    latest = run.latest
+    seen_at = changed_at = now_ms
+    marks: Mapping[str, int] = _NO_MARKS
+    if stored is not None and _same_entry(run, stored):
+        seen_at = stored.seen_at if stored.seen_at is not None else now_ms
+        marks = stored.marks
+        if (
+            run.etag == stored.etag
+            and run.generation == stored.generation
+            and run.last_updated == stored.last_updated
+        ):
+            changed_at = stored.changed_at if stored.changed_at is not None else now_ms
+        elif any(k.startswith(STALL_MARK) for k in marks):
+            marks = {k: v for k, v in marks.items() if not k.startswith(STALL_MARK)}
     return RunState(
         organization_id=run.organization_id,
         run_id=run.run_id,
-        latest=run.latest,
+        latest=latest,
         time_created=run.time_created,
         last_updated=run.last_updated,
+        generation=run.generation,
         flow_name=run.flow_name,
         training_project=run.training_project,
         etag=run.etag,
         log=run.log,
         killed_at=run.killed_at,
         attributes=run.attributes,
+        seen_at=seen_at,
+        changed_at=changed_at,
+        marks=marks,
     )
+
+
+def _same_entry(run: Run, stored: RunState) -> bool:
+    """Whether the run still holds the condition it held (it did not leave and come back)."""
+    latest, before = run.latest, stored.latest
+    if latest is None or before is None:
+        return latest is None and before is None
+    if latest.same_state(before):
+        return True
+    return latest.same_value(before) and _position(run.conditions, before) is None
 
 
 def detect_transitions(
@@ -118,98 +189,159 @@ def detect_transitions(
     workspace: str,
     baseline: bool,
     now_ms: int,
+    tombstones: Mapping[str, RunState] | None = None,
 ) -> Diff:
     """Compare observed runs with the remembered ones; see the module docstring."""
     runs = _one_per_run(observed)
     if baseline:
-        return Diff(events=(), upserts=tuple(state_of(r) for r in runs.values()), deleted=())
+        recorded = (state_of(r, known.get(r.run_id), now_ms=now_ms) for r in runs.values())
+        return Diff(events=(), upserts=tuple(recorded))
 
     events: list[Event] = []
     upserts: list[RunState] = []
     for run in runs.values():
         stored = known.get(run.run_id)
+        if stored is None and tombstones:
+            tomb = tombstones.get(run.run_id)
+            if tomb is not None and tomb.time_created == run.time_created:
+                stored = dataclasses.replace(tomb, deleted_at=None)  # the same run, back
         if stored is None:
             latest = run.latest
             if latest is not None:
                 events.append(_event("new", run, workspace, None, latest, now_ms))
-            upserts.append(state_of(run))
+            upserts.append(state_of(run, None, now_ms=now_ms))
             continue
-        state = state_of(run)
-        if state == stored:  # the common case: a quiet run, nothing to do
-            continue
+        if is_older(run, stored):
+            continue  # a lagging replica: it would only undo what is known
+        state = state_of(run, stored, now_ms=now_ms)
+        if state == stored and known.get(run.run_id) is not None:
+            continue  # the common case: a quiet run, nothing to do
         previous, latest = stored.latest, run.latest
-        if _same(latest, previous):
-            # Metadata moved without a condition change; a stale replica's metadata (older
-            # last_updated) would only undo a newer write, so it is dropped.
-            if not _older(run.last_updated, stored.last_updated):
+        if latest is None:
+            if previous is None:
                 upserts.append(state)
-            continue
-        if latest is None or _is_stale(latest, run.conditions, previous):
-            continue  # a stale read; a view without conditions too: they are never removed
-        events.append(_event("transition", run, workspace, previous, latest, now_ms))
+            continue  # a view without conditions: they are never removed
+        if _changed(latest, previous, run.conditions):
+            events.append(_event("transition", run, workspace, previous, latest, now_ms))
         upserts.append(state)
-    return Diff(events=tuple(events), upserts=tuple(upserts), deleted=())
+    return Diff(events=tuple(events), upserts=tuple(upserts))
 
 
-def detect_deletions(
-    known: Mapping[str, RunState],
-    seen: Set[str],
-    *,
-    workspace: str,
-    now_ms: int,
-) -> Diff:
-    """Every known run missing from a complete listing (`seen` holds its run ids) was deleted."""
-    gone = [state for run_id, state in known.items() if run_id not in seen]
-    events = tuple(
-        Event(
-            kind="deleted",
-            workspace=workspace,
-            organization_id=state.organization_id,
-            run_id=state.run_id,
-            previous=state.latest,
-            current=None,
-            flow_name=state.flow_name,
-            training_project=state.training_project,
-            attributes=state.attributes,
-            time_created=state.time_created,
-            killed_at=state.killed_at,
-            log=state.log,
-            detected_at=now_ms,
-        )
-        for state in gone
+def deletion_event(state: RunState, *, workspace: str, now_ms: int) -> Event:
+    """The event of a run confirmed deleted: its last known condition as `previous`."""
+    return Event(
+        kind="deleted",
+        workspace=workspace,
+        organization_id=state.organization_id,
+        run_id=state.run_id,
+        previous=state.latest,
+        current=None,
+        flow_name=state.flow_name,
+        training_project=state.training_project,
+        attributes=state.attributes,
+        time_created=state.time_created,
+        killed_at=state.killed_at,
+        log=state.log,
+        generation=state.generation,
+        detected_at=now_ms,
     )
-    return Diff(events=events, upserts=(), deleted=tuple(s.run_id for s in gone))
+
+
+class Fold:
+    """Folds the pages (and single GETs) of one poll into one Diff; see the module docstring."""
+
+    def __init__(
+        self,
+        known: Mapping[str, RunState],
+        *,
+        workspace: str,
+        baseline: bool,
+        now_ms: int,
+        tombstones: Mapping[str, RunState] | None = None,
+    ) -> None:
+        self.known = known
+        self.view = Overlay(known)
+        self.tombstones = tombstones or {}
+        self.workspace = workspace
+        self.baseline = baseline
+        self.now_ms = now_ms
+        self.events: list[Event] = []
+        self.seen: set[str] = set()
+        self.unknown = 0  # distinct runs seen that were not known before this poll
+
+    def add(self, runs: Sequence[Run], skipped: Sequence[str] = ()) -> None:
+        """Fold in what one response showed: decoded runs, and ids it could not decode."""
+        for run_id in (*skipped, *(r.run_id for r in runs)):
+            if run_id in self.seen:
+                continue
+            stored = self.known.get(run_id)
+            if stored is None:
+                self.unknown += 1
+                self.seen.add(run_id)
+            else:
+                # The known id, not the equal one just decoded: a full listing of 100,000
+                # quiet runs then keeps no second copy of every id until it ends.
+                self.seen.add(stored.run_id)
+        diff = detect_transitions(
+            self.view,
+            runs,
+            workspace=self.workspace,
+            baseline=self.baseline,
+            now_ms=self.now_ms,
+            tombstones=self.tombstones,
+        )
+        self.events.extend(diff.events)
+        for state in diff.upserts:
+            self.view.changes[state.run_id] = state
+
+    def missing(self) -> list[RunState]:
+        """Known runs this poll has not seen, newest first: after a complete listing, the
+        candidates for deletion (never on the baseline, which has nothing known)."""
+        if self.baseline:
+            return []
+        gone = [s for run_id, s in self.known.items() if run_id not in self.seen]
+        gone.sort(key=lambda s: s.time_created, reverse=True)
+        return gone
+
+    def delete(self, states: Iterable[RunState]) -> None:
+        """Runs confirmed deleted (a GET answered 404): tombstones and "deleted" events."""
+        for state in states:
+            current = self.view.get(state.run_id) or state
+            self.events.append(
+                deletion_event(current, workspace=self.workspace, now_ms=self.now_ms)
+            )
+            self.view.changes[state.run_id] = dataclasses.replace(current, deleted_at=self.now_ms)
+            self.seen.add(state.run_id)
+
+    def result(self) -> Diff:
+        return Diff(events=tuple(self.events), upserts=tuple(self.view.changes.values()))
+
+
+def _changed(latest: Condition, previous: Condition | None, history: tuple[Condition, ...]) -> bool:
+    """Whether the observed latest condition is a transition from the stored one."""
+    if previous is None:
+        return True
+    if not latest.same_value(previous):
+        return True  # a new condition or status, whatever its time says
+    if latest.last_transition_time == previous.last_transition_time:
+        return False
+    return _position(history, previous) is not None  # left and came back; else a new time
 
 
 def _one_per_run(observed: Iterable[Run]) -> dict[str, Run]:
-    """Each run once: of two observations of one run, the fresher one."""
+    """Each run once: of two observations of one run, the newer one."""
     runs: dict[str, Run] = {}
     for run in observed:
         other = runs.get(run.run_id)
-        if other is None or _freshness(run) > _freshness(other):
+        if other is None or _newer(run, other):
             runs[run.run_id] = run
     return runs
 
 
-def _freshness(run: Run) -> tuple[int, int]:
-    return (run.last_updated or 0, len(run.conditions))
-
-
-def _older(observed: int | None, stored: int | None) -> bool:
-    return observed is not None and stored is not None and observed < stored
-
-
-def _same(a: Condition | None, b: Condition | None) -> bool:
-    return b is None if a is None else a.same_state(b)
-
-
-def _is_stale(latest: Condition, history: tuple[Condition, ...], stored: Condition | None) -> bool:
-    """True when an observation whose latest condition changed is behind the stored one."""
-    if stored is None:
-        return False
-    if latest.last_transition_time != stored.last_transition_time:
-        return latest.last_transition_time < stored.last_transition_time
-    return _position(history, stored) is None
+def _newer(a: Run, b: Run) -> bool:
+    if a.generation is not None and b.generation is not None and a.generation != b.generation:
+        return a.generation > b.generation
+    return (a.last_updated or 0, len(a.conditions)) > (b.last_updated or 0, len(b.conditions))
 
 
 def _position(history: tuple[Condition, ...], wanted: Condition) -> int | None:
@@ -243,59 +375,13 @@ def _event(
         previous=previous,
         current=current,
         skipped=_skipped(run.conditions, previous),
+        history=run.conditions,
         flow_name=run.flow_name,
         training_project=run.training_project,
         attributes=run.attributes,
         time_created=run.time_created,
         killed_at=run.killed_at,
         log=run.log,
+        generation=run.generation,
         detected_at=now_ms,
     )
-
-
-class Fold:
-    """Folds the pages (and single GETs) of one poll into one Diff; see the module docstring."""
-
-    def __init__(
-        self, known: Mapping[str, RunState], *, workspace: str, baseline: bool, now_ms: int
-    ) -> None:
-        self.known = known
-        self.view = Overlay(known)
-        self.workspace = workspace
-        self.baseline = baseline
-        self.now_ms = now_ms
-        self.events: list[Event] = []
-        self.seen: set[str] = set()
-        self.unknown = 0  # distinct runs seen that were not known before this poll
-
-    def add(self, runs: Sequence[Run], skipped: Sequence[str] = ()) -> None:
-        """Fold in what one response showed: decoded runs, and ids it could not decode."""
-        for run_id in (*skipped, *(r.run_id for r in runs)):
-            if run_id in self.seen:
-                continue
-            stored = self.known.get(run_id)
-            if stored is None:
-                self.unknown += 1
-                self.seen.add(run_id)
-            else:
-                # The known id, not the equal one just decoded: a full listing of 100,000
-                # quiet runs then keeps no second copy of every id until it ends.
-                self.seen.add(stored.run_id)
-        diff = detect_transitions(
-            self.view, runs, workspace=self.workspace, baseline=self.baseline, now_ms=self.now_ms
-        )
-        self.events.extend(diff.events)
-        for state in diff.upserts:
-            self.view.changes[state.run_id] = state
-
-    def result(self, *, complete: bool) -> Diff:
-        """The poll's Diff; `complete`: the listing was walked to its end (deletions count)."""
-        events = list(self.events)
-        gone: tuple[str, ...] = ()
-        if complete and not self.baseline:
-            deleted = detect_deletions(
-                self.known, self.seen, workspace=self.workspace, now_ms=self.now_ms
-            )
-            events.extend(deleted.events)
-            gone = deleted.deleted
-        return Diff(events=tuple(events), upserts=tuple(self.view.changes.values()), deleted=gone)

@@ -31,15 +31,23 @@ from runwatch.core.model import OutboxItem
 from runwatch.core.render import Flavour, flavour_for
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
-from runwatch.errors import StoreError, ViAuthError, ViError
+from runwatch.errors import (
+    StoreError,
+    ViAuthError,
+    ViError,
+    ViRateLimitedError,
+    ViServerError,
+)
 from runwatch.service.metrics import Metrics
-from runwatch.service.status import PollReport
-from runwatch.state.store import PollCommit, StateStore
+from runwatch.service.status import PollReport, iso
+from runwatch.state.store import PollCommit, StateStore, WorkspaceMeta
 from runwatch.vi.client import ViClient
 from runwatch.vi.poller import PollOutcome, PollPlan, poll_workspace
 from runwatch.vi.retry import RetryPolicy
 
 log = structlog.get_logger("runwatch.service.cycle")
+
+MAX_DEFERRAL_S = 3_600.0  # the longest Retry-After honoured across polls
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,9 +108,8 @@ class PollCycle:
             await asyncio.gather(*(self.poll(ws, commit=commit) for ws in self.config.workspaces))
         )
 
-    def plan(self, ws: WorkspaceConfig, now_ms: int) -> PollPlan:
-        """What kind of poll `ws` is due for (baseline, full or incremental), and its limits."""
-        meta = self._store.workspace(ws.organization_id)
+    def plan(self, meta: WorkspaceMeta, now_ms: int) -> PollPlan:
+        """What kind of poll a workspace is due for (baseline, full or incremental)."""
         poll = self.config.poll
         return PollPlan(
             kind=choose_kind(
@@ -130,7 +137,10 @@ class PollCycle:
         started = self._clock.monotonic()
         kind = "unknown"
         try:
-            plan = self.plan(ws, now_ms)
+            meta = self._store.workspace(ws.organization_id)
+            if meta.resume_at is not None and now_ms < meta.resume_at:
+                return WorkspacePoll(report=self._deferred(ws, meta.resume_at))
+            plan = self.plan(meta, now_ms)
             kind = plan.kind
             known = self._known(ws.organization_id)
             outcome = await poll_workspace(
@@ -142,12 +152,16 @@ class PollCycle:
             # A StoreError rolled the commit back whole and `known` is untouched: the next
             # poll sees the same changes again, so a full disk delays notifications but
             # loses none.
+            if commit and isinstance(exc, ViRateLimitedError | ViServerError):
+                self._wait_out(ws, exc.retry_after, now_ms)
             return WorkspacePoll(report=self._failed(ws, kind, exc))
         except Exception as exc:  # a bug must fail this poll, never the daemon
             log.exception("poll.crashed", workspace=ws.name, kind=kind)
             return WorkspacePoll(report=self._failed(ws, kind, exc))
         ms = round((self._clock.monotonic() - started) * 1000)
         if commit:
+            if meta.resume_at is not None:
+                self._wait_out(ws, None, now_ms)
             self._metrics.polls.labels(ws.name, kind).inc()
             if kind == "baseline":
                 log.info("baseline.recorded", workspace=ws.name, runs=len(known), notified=0)
@@ -173,8 +187,11 @@ class PollCycle:
     def _known(self, organization_id: str) -> RunIndex:
         index = self.known.get(organization_id)
         if index is None:
-            runs = self._store.load_runs(organization_id)
-            index = self.known[organization_id] = RunIndex(runs, terminal=self.terminal)
+            index = self.known[organization_id] = RunIndex(
+                self._store.load_runs(organization_id),
+                terminal=self.terminal,
+                tombstones=self._store.load_tombstones(organization_id),
+            )
             settle_heap()
         return index
 
@@ -187,25 +204,44 @@ class PollCycle:
                 organization_id=ws.organization_id,
                 polled_at=now_ms,
                 upserts=diff.upserts,
-                deleted=diff.deleted,
                 events=diff.events,
                 outbox=items,
-                full_listing=outcome.kind != "incremental",
+                full_listing=outcome.listed_whole,
                 baseline=outcome.kind == "baseline",
             )
         )
         # No await between the commit and this update: cancellation cannot split them.
         known = self._known(ws.organization_id)
         for state in diff.upserts:
-            known[state.run_id] = state
-        for run_id in diff.deleted:
-            known.pop(run_id, None)
+            known.record(state)
         if outcome.kind != "incremental":
             settle_heap()
         for event in diff.events:
-            condition = event.current.condition if event.current else "deleted"
-            self._metrics.transitions.labels(ws.name, condition).inc()
+            self._metrics.count_event(ws.name, event)
+        if outcome.unfetched:
+            self._metrics.run_fetch_failures.labels(ws.name).inc(len(outcome.unfetched))
         return queued
+
+    def _wait_out(self, ws: WorkspaceConfig, retry_after: float | None, now_ms: int) -> None:
+        """Remember a Retry-After the call's retries could not wait out (or forget it)."""
+        resume_at = None
+        if retry_after is not None and retry_after > 0:
+            resume_at = now_ms + int(min(retry_after, MAX_DEFERRAL_S) * 1000)
+        try:
+            self._store.set_resume_at(ws.organization_id, resume_at)
+        except StoreError as exc:
+            log.warning("poll.resume_not_recorded", workspace=ws.name, error=str(exc))
+        if resume_at is not None:
+            log.warning(
+                "poll.deferred", workspace=ws.name, until=iso(resume_at), retry_after=retry_after
+            )
+
+    def _deferred(self, ws: WorkspaceConfig, resume_at: int) -> PollReport:
+        error = (
+            f"the Vi API asked runwatch (Retry-After) not to call before {iso(resume_at)}; "
+            "polling resumes then"
+        )
+        return PollReport(workspace=ws.name, ok=False, kind="deferred", error=error)
 
     def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
         if isinstance(exc, ViError | StoreError):

@@ -2,13 +2,20 @@
 
 An own `CollectorRegistry` rather than the global one: two daemons in one test process (or a
 test next to the real thing) must not count into each other's series. Label values are
-configured names only (workspace, channel, condition, endpoint path template), never a URL or a
-secret, and each has a small bounded set of values.
+configured names only (workspace, channel, endpoint path template, HTTP status), never a URL or
+a secret, and each has a small bounded set of values: API condition values are capped to the
+documented ones plus "other".
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from runwatch.core.model import KNOWN_CONDITIONS, Event
+
+# Condition values are open strings from the API; as label values they would grow /metrics
+# without bound, so only the documented ones are their own series and the rest are "other".
+_CONDITION_LABELS = frozenset(KNOWN_CONDITIONS)
 
 # Vi requests normally take well under a second; the top buckets show timeouts and retries
 # against the default 20 s request timeout.
@@ -54,8 +61,15 @@ class Metrics:
         )
         self.transitions = Counter(
             "runwatch_transitions_total",
-            "Condition changes detected, by workspace and new condition.",
+            "Events detected, by workspace and new condition (documented conditions, other, "
+            "deleted, overdue).",
             ["workspace", "condition"],
+            registry=r,
+        )
+        self.run_fetch_failures = Counter(
+            "runwatch_run_fetch_failures_total",
+            "Single-run GETs that failed and left that run for the next poll, by workspace.",
+            ["workspace"],
             registry=r,
         )
         self.notifications = Counter(
@@ -80,6 +94,16 @@ class Metrics:
             ["workspace"],
             registry=r,
         )
+
+    def count_event(self, workspace: str, event: Event) -> None:
+        """Count one detected event under its bounded condition label."""
+        label: str
+        if event.kind in ("deleted", "overdue"):
+            label = event.kind
+        else:
+            condition = event.current.condition if event.current else None
+            label = condition if condition in _CONDITION_LABELS else "other"
+        self.transitions.labels(workspace, label).inc()
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (version 0.0.4)."""

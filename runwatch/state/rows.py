@@ -22,8 +22,10 @@ from runwatch.state.store import OutboxRow
 
 RUN_COLUMNS = (
     "organization_id, run_id, condition, status, last_transition_time, reason, message, "
-    "time_created, last_updated, flow_name, training_project, etag, log, killed_at, attributes"
+    "time_created, last_updated, flow_name, training_project, etag, log, killed_at, attributes, "
+    "generation, seen_at, changed_at, marks, deleted_at"
 )
+RUN_PLACEHOLDERS = ", ".join("?" * len(RUN_COLUMNS.split(",")))
 # The RunState fields the runs table holds; tests compare it with the dataclass, so a field
 # added to RunState without a column here fails loudly instead of being dropped on restart.
 RUN_STATE_FIELDS = frozenset(
@@ -39,6 +41,11 @@ RUN_STATE_FIELDS = frozenset(
         "log",
         "killed_at",
         "attributes",
+        "generation",
+        "seen_at",
+        "changed_at",
+        "marks",
+        "deleted_at",
     }
 )
 OUTBOX_COLUMNS = (
@@ -68,6 +75,11 @@ def run_params(run: RunState) -> RunRow:
         run.killed_at,
         # NULL for the common empty case: saves a json.loads per row on load.
         json.dumps(dict(run.attributes), separators=(",", ":")) if run.attributes else None,
+        run.generation,
+        run.seen_at,
+        run.changed_at,
+        json.dumps(dict(run.marks), separators=(",", ":")) if run.marks else None,
+        run.deleted_at,
     )
 
 
@@ -99,7 +111,8 @@ def run_from_row(row: RunRow) -> RunState:
     # The names that repeat across 100,000 runs (condition, status, flow, project) are
     # interned and messages shared, as decoding does: else each row brings its own copies.
     (org, run_id, cond, status, ltt, reason, message, created) = row[:8]
-    (last_updated, flow, project, etag, run_log, killed_at, attributes) = row[8:]
+    (last_updated, flow, project, etag, run_log, killed_at, attributes) = row[8:15]
+    (generation, seen_at, changed_at, marks, deleted_at) = row[15:]
     latest = (
         None
         if cond is None
@@ -123,7 +136,19 @@ def run_from_row(row: RunRow) -> RunState:
         log=run_log,
         killed_at=killed_at,
         attributes=_attributes(attributes) if attributes else {},
+        generation=generation,
+        seen_at=seen_at,
+        changed_at=changed_at,
+        marks=_marks(marks) if marks else {},
+        deleted_at=deleted_at,
     )
+
+
+def _marks(text: str) -> Mapping[str, int]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if type(v) is int}
 
 
 def outbox_row(row: tuple[Any, ...]) -> OutboxRow:

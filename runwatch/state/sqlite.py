@@ -24,6 +24,7 @@ from runwatch.errors import StoreError
 from runwatch.state.rows import (
     OUTBOX_COLUMNS,
     RUN_COLUMNS,
+    RUN_PLACEHOLDERS,
     event_payload,
     gc_paused,
     outbox_row,
@@ -256,8 +257,8 @@ class SqliteStore:
         """What the store knows of a workspace; all None for one never polled."""
         with self._errors("reading a workspace"):
             row = self._conn.execute(
-                "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error "
-                "FROM workspaces WHERE organization_id = ?",
+                "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
+                "resume_at FROM workspaces WHERE organization_id = ?",
                 (organization_id,),
             ).fetchone()
         if row is None:
@@ -274,13 +275,25 @@ class SqliteStore:
             last_success=row[2],
             last_failure=row[3],
             last_error=row[4],
+            resume_at=row[5],
         )
 
     def load_runs(self, organization_id: str) -> dict[str, RunState]:
-        """Every tracked run of a workspace, by run id."""
+        """Every tracked run of a workspace, by run id (tombstones aside)."""
         with self._errors("reading runs"), gc_paused():
             rows = self._conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ?",
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE organization_id = ? AND deleted_at IS NULL",
+                (organization_id,),
+            )
+            return {row[1]: run_from_row(row) for row in rows}
+
+    def load_tombstones(self, organization_id: str) -> dict[str, RunState]:
+        """The runs of a workspace confirmed deleted and still remembered, by run id."""
+        with self._errors("reading runs"):
+            rows = self._conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE organization_id = ? AND deleted_at IS NOT NULL",
                 (organization_id,),
             )
             return {row[1]: run_from_row(row) for row in rows}
@@ -289,9 +302,19 @@ class SqliteStore:
         """Every tracked run, by organization, newest first (for `runwatch runs`)."""
         with self._errors("reading runs"), gc_paused():
             rows = self._conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs ORDER BY organization_id, time_created DESC"
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE deleted_at IS NULL "
+                "ORDER BY organization_id, time_created DESC"
             )
             return [run_from_row(row) for row in rows]
+
+    def set_resume_at(self, organization_id: str, resume_at: int | None) -> None:
+        """Remember until when the API asked not to be polled (None: no such wish)."""
+        with self._transaction(f"recording when to poll {organization_id} again") as tx:
+            tx.execute(
+                "INSERT INTO workspaces (organization_id, resume_at) VALUES (?, ?) "
+                "ON CONFLICT (organization_id) DO UPDATE SET resume_at = excluded.resume_at",
+                (organization_id, resume_at),
+            )
 
     def commit_poll(self, commit: PollCommit) -> int:
         """Write one poll's outcome in ONE transaction; return the outbox rows inserted.
@@ -327,14 +350,8 @@ class SqliteStore:
                 # Rows made one at a time as SQLite takes them: a baseline of 100,000 runs
                 # does not hold 100,000 parameter tuples at once.
                 tx.executemany(
-                    f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
                     (run_params(run) for run in commit.upserts),
-                )
-            if commit.deleted:
-                tx.executemany(
-                    "DELETE FROM runs WHERE organization_id = ? AND run_id = ?",
-                    [(org, run_id) for run_id in commit.deleted],
                 )
             recorded: set[str] = set()  # keys of events already known before this commit
             for event in commit.events:
@@ -365,7 +382,6 @@ class SqliteStore:
             "store.commit",
             organization_id=org,
             upserts=len(commit.upserts),
-            deleted=len(commit.deleted),
             events=len(commit.events) - len(recorded),
             outbox=inserted,
         )
@@ -506,6 +522,7 @@ class SqliteStore:
         cutoff = now_ms - RETENTION_MS
         with self._transaction("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
+            tx.execute("DELETE FROM runs WHERE deleted_at < ?", (cutoff,))
             tx.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",

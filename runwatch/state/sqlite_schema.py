@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runwatch.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
 RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
@@ -91,6 +91,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Each channel hears about an event once, whoever enqueues it and however often.
         "CREATE UNIQUE INDEX outbox_event_channel ON outbox (event_key, channel)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    (
+        # The document's version decides staleness; runwatch's own observations feed the
+        # time-in-state rules; a tombstone (deleted_at) outlives a confirmed deletion.
+        "ALTER TABLE runs ADD COLUMN generation INTEGER",
+        "ALTER TABLE runs ADD COLUMN seen_at INTEGER",
+        "ALTER TABLE runs ADD COLUMN changed_at INTEGER",
+        "ALTER TABLE runs ADD COLUMN marks TEXT",
+        "ALTER TABLE runs ADD COLUMN deleted_at INTEGER",
+        # Until when the API asked not to be called (a Retry-After longer than one call's
+        # retries): kept across restarts, so a restart does not knock again too early.
+        "ALTER TABLE workspaces ADD COLUMN resume_at INTEGER",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -26,6 +26,7 @@ class WorkspaceMeta:
     last_success: int | None  # epoch ms of the last successful poll (any kind)
     last_failure: int | None = None  # epoch ms of the last failed poll (record_poll_failure)
     last_error: str | None = None  # its sanitized error text
+    resume_at: int | None = None  # epoch ms before which the API asked not to be polled
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,8 +61,7 @@ class PollCommit:
 
     organization_id: str
     polled_at: int  # epoch ms
-    upserts: Sequence[RunState] = ()
-    deleted: Sequence[str] = ()  # run ids
+    upserts: Sequence[RunState] = ()  # tombstones (deleted_at set) included
     events: Sequence[Event] = ()
     outbox: Sequence[OutboxItem] = ()
     full_listing: bool = False  # sets last_full_listing = polled_at
@@ -73,6 +73,8 @@ class StateStore(Protocol):
 
     def workspace(self, organization_id: str) -> WorkspaceMeta: ...
     def load_runs(self, organization_id: str) -> dict[str, RunState]: ...
+    def load_tombstones(self, organization_id: str) -> dict[str, RunState]: ...
+    def set_resume_at(self, organization_id: str, resume_at: int | None) -> None: ...
     def tracked_runs(self) -> list[RunState]: ...
     def commit_poll(self, commit: PollCommit) -> int: ...
     def enqueue(self, items: Sequence[OutboxItem], now_ms: int) -> int: ...

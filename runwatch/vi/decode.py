@@ -8,6 +8,12 @@ Pure: no I/O, no clock. A document is checked only for what `model.Run` keeps:
 Unknown fields are ignored and unknown condition values kept as they are (the API adds
 values). Anything else that cannot be read raises `ViBadResponseError`, naming the run.
 
+Every string from the API is untrusted, and made safe here, at the edge: a run id must look
+like one (1..255 of `A-Z a-z 0-9 _ -`, the SDK's own rule: it goes into URLs, logs and
+the state store), and a lone UTF-16 surrogate (valid JSON, `"\ud83d"`, what a JavaScript
+backend sends when it cuts an emoji in half) becomes U+FFFD, so no later stage (SQLite,
+logging, Apprise, a socket) can fail to encode it. `safe_json` does that for a whole body.
+
 runwatch keeps up to 100,000 runs in memory, so the strings that repeat across runs
 (condition, status, flow and project names, reasons) are interned, and the hot path is
 plain dict lookups: decoding has to keep up with ~100,000 runs a second.
@@ -15,6 +21,8 @@ plain dict lookups: decoding has to keep up with ~100,000 runs a second.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +66,34 @@ class _Unreadable(Exception):
     """Internal: why a document cannot be read; turned into ViBadResponseError at the edge."""
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_json(body: bytes) -> object:
+    """`body` parsed as JSON, with every lone surrogate in its strings replaced by U+FFFD.
+
+    Raises ValueError (or RecursionError) for a body that is not JSON. The scan for escaped
+    surrogates costs one pass over the bytes; the repair runs only on the rare body that has
+    one (a surrogate pair, a legitimate emoji, is decoded whole and left alone).
+    """
+    doc = json.loads(body)
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return doc
+    return _repaired(doc)
+
+
+def _repaired(value: object) -> object:
+    if type(value) is str:
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if type(value) is list:
+        return [_repaired(v) for v in value]
+    if type(value) is dict:
+        return {_repaired(k): _repaired(v) for k, v in value.items()}
+    return value
+
+
 def _millis(value: object, name: str) -> int:
     # JSON gives ints; an integral float (1.7e12) is the same instant. bool is an int subclass
     # in Python but never a timestamp.
@@ -74,6 +110,10 @@ def _opt_millis(value: object) -> int | None:
     if type(value) is float and value.is_integer():
         return int(value)
     return None
+
+
+def _opt_int(value: object) -> int | None:
+    return value if type(value) is int else None
 
 
 def _opt_str(value: object) -> str | None:
@@ -171,6 +211,7 @@ def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
         conditions=conditions,
         time_created=_millis(metadata.get("timeCreated"), "metadata.timeCreated"),
         last_updated=last_updated,
+        generation=_opt_int(metadata.get("generation")),
         flow_name=_opt_interned(flow.get("name")),
         training_project=_opt_interned(project),
         etag=_opt_str(doc.get("etag")),
@@ -181,10 +222,11 @@ def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
 
 
 def _run_id(doc: object) -> str | None:
+    """The document's run id if it is one (see the module docstring), else None."""
     if type(doc) is not dict:
         return None
     run_id = doc.get("runId")
-    return run_id if type(run_id) is str and run_id else None
+    return run_id if type(run_id) is str and _RUN_ID.fullmatch(run_id) else None
 
 
 def decode_run(doc: object, *, organization_id: str) -> Run:
@@ -193,7 +235,8 @@ def decode_run(doc: object, *, organization_id: str) -> Run:
     if run_id is None:
         what = "a JSON object" if type(doc) is dict else _kind(doc)
         raise ViBadResponseError(
-            f"the Vi API sent a run without a runId ({what}) for organization {organization_id}"
+            f"the Vi API sent a run without a usable runId ({what}) for organization "
+            f"{organization_id}"
         )
     try:
         return _run(cast(dict[str, Any], doc), run_id, _intern(organization_id))

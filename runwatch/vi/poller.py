@@ -6,46 +6,60 @@ poll sits at the head of the listing. A steady-state ("incremental") poll theref
 1. walks the listing from page 1 until a page shows a run created before the newest run
    already known (the creation-time watermark): this finds every new run, however many
    appeared. (Strictly before: a new run created in the same millisecond as the watermark
-   may sort after it.) With no run known yet there is no watermark and the walk goes on to
-   the end;
-2. refreshes the runs known to be non-terminal that the walk did not show, the cheapest
-   way: walking on for as many more pages as pays off, where each page costs one request
-   and saves the GETs of the runs it shows, then a conditional GET (If-None-Match, 304
-   when unchanged) for each run still unseen, concurrently and bounded. Where a run sits
-   is estimated from the creation times of the known runs (`RunIndex`), so choosing costs
-   no request. A poll thus never costs more than a full listing: at worst it walks on to
-   the end;
-3. never re-fetches runs in a terminal condition.
+   may sort after it.) Creation times more than `FUTURE_SLACK_MS` ahead of the poll's clock
+   do not count for the watermark: one run dated in the future would otherwise stop every
+   walk at page 1. With no run known yet there is no watermark and the walk goes to the end;
+2. refreshes the runs known to be unfinished that the walk did not show, the cheapest way:
+   walking on for as many more pages as pays off, where each page costs one request and
+   saves the GETs of the runs it shows, then a conditional GET (If-None-Match, 304 when
+   unchanged) for each run still unseen, concurrently and bounded. Where a run sits is
+   estimated from the creation times of the known runs (`RunIndex`), so choosing costs no
+   request. A poll thus never costs more than a full listing: at worst it walks to the end;
+3. never re-fetches finished runs.
 
-A walk that reaches the end of the listing (a small workspace, or one with no run known)
-was a complete listing: it concludes deletions and counts as a full listing. Otherwise a
-full listing (every page) runs on the first poll of a workspace (the baseline) and then at
-least every `poll.full_resync`: it catches what the incremental path cannot see: deleted
-runs, a terminal run that changes again, an API whose ordering is off. The time of the last
-full listing lives in the state store, so a restart or a cron'd `runwatch once` stays
-incremental while a full listing is recent.
+A full listing (every page) runs on the first poll of a workspace (the baseline) and then
+at least every `poll.full_resync`: it catches what the incremental path cannot see: deleted
+runs, a finished run that changes again, a run created with an old timeCreated, an API
+whose ordering is off. So the worst-case delay for those is `poll.full_resync`. A walk that
+reaches the end of the listing is a complete listing too. After any complete listing the
+runs it did not show are settled by GETs, as `core.transitions` prescribes: 404 deletes,
+anything else keeps them; when too many are missing at once, a few GETs first decide
+whether the listing itself was broken (then the poll fails and nothing changes).
 
-The cost of a steady-state poll in CPU is also that of what can change: `RunIndex` keeps
-the unfinished runs and the sorted creation times of a workspace up to date as the daemon
-records each poll, so a poll of 100,000 known runs does not scan all of them.
-
-Any failure (an exception from the client) fails the whole poll: the caller commits
-nothing, so a half listing can never look like "the other runs were deleted".
+What counts as a transition, a deletion or a complete listing is decided in
+`core.transitions`; this module only decides which requests to make. A failed page fails
+the whole poll (the caller commits nothing, so a half listing never looks like "the other
+runs were deleted"); a failed GET of one run skips that run for this poll (logged, counted,
+tried again next poll), so one broken run never holds back the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import structlog
 
 from runwatch.core.model import Run, RunState
 from runwatch.core.run_index import RunIndex
-from runwatch.core.transitions import Diff, Fold, PollKind, terminal_conditions
-from runwatch.errors import ViNotFoundError
+from runwatch.core.transitions import (
+    BROKEN_LISTING_SAMPLE,
+    CONFIRMATIONS_PER_POLL,
+    Diff,
+    Fold,
+    PollKind,
+    listing_looks_broken,
+)
+from runwatch.errors import ViBadResponseError, ViError, ViNotFoundError
 from runwatch.vi.client import ViClient
 from runwatch.vi.decode import Page
+
+log = structlog.get_logger("runwatch.vi.poller")
+
+FUTURE_SLACK_MS = 10 * 60_000  # creation times this far ahead of our clock still count
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,14 +72,20 @@ class PollPlan:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PollOutcome:
-    """What one poll found. `kind` is what the poll turned out to be: an incremental walk
-    that reached the end of the listing is "full" (it concluded deletions)."""
+    """What one poll found.
+
+    `kind` is what the poll turned out to be: an incremental walk that reached the end of
+    the listing is "full". `listed_whole` says the listing was complete and every run it
+    left out was settled (so the next full listing can wait `poll.full_resync`).
+    """
 
     kind: PollKind
     diff: Diff
     runs_seen: int  # distinct runs observed by this poll
     pages: int
     gets: int
+    listed_whole: bool = False
+    unfetched: tuple[str, ...] = ()  # runs whose GET failed this poll (tried again next poll)
 
 
 class _Walk:
@@ -76,16 +96,16 @@ class _Walk:
     commit the newest runs, move the watermark past the ones it missed and lose them.
     """
 
-    def __init__(self, client: ViClient, acc: Fold, plan: PollPlan) -> None:
+    def __init__(self, client: ViClient, fold: Fold, plan: PollPlan) -> None:
         self._pages = client.list_runs(plan.page_size, max_pages=plan.max_pages)
-        self._acc = acc
+        self._fold = fold
         self.pages = 0
         self.ended = False  # reached the last page: the walk was a complete listing
 
     async def step(self) -> Page:
         page = await anext(self._pages)
         self.pages += 1
-        self._acc.add(page.runs, page.skipped)
+        self._fold.add(page.runs, page.skipped)
         self.ended = page.next_page is None
         return page
 
@@ -93,46 +113,77 @@ class _Walk:
         await self._pages.aclose()
 
 
+class Fetched(enum.Enum):
+    """What a single-run GET found, when it found no changed document."""
+
+    UNCHANGED = "unchanged"  # 304: the run is there, as known
+    GONE = "gone"  # 404
+    FAILED = "failed"  # any other error: unknown for this poll
+
+
+class _Fetches:
+    """Single-run GETs, bounded and counted; a failure skips that run, never the poll."""
+
+    def __init__(self, client: ViClient, concurrency: int) -> None:
+        self._client = client
+        self._gate = asyncio.Semaphore(max(1, concurrency))
+        self.count = 0
+        self.failed: list[str] = []
+
+    async def get(self, states: Sequence[RunState]) -> list[tuple[RunState, Run | Fetched]]:
+        """Each state with what its GET found, in order."""
+        results = await asyncio.gather(*(self._one(s) for s in states))
+        return list(zip(states, results, strict=True))
+
+    async def _one(self, state: RunState) -> Run | Fetched:
+        async with self._gate:
+            self.count += 1
+            try:
+                run = await self._client.get_run(state.run_id, etag=state.etag)
+            except ViNotFoundError:
+                return Fetched.GONE
+            except ViError as exc:
+                self.failed.append(state.run_id)
+                log.warning(
+                    "run.fetch_failed",
+                    organization_id=state.organization_id,
+                    run_id=state.run_id,
+                    error=str(exc),
+                    hint="skipped for this poll; tried again next poll",
+                )
+                return Fetched.FAILED
+            return Fetched.UNCHANGED if run is None else run
+
+
 async def poll_workspace(
     client: ViClient,
-    known: Mapping[str, RunState],
+    index: RunIndex,
     *,
     workspace: str,
     plan: PollPlan,
     now_ms: int,
 ) -> PollOutcome:
-    """Poll one workspace; raises whatever the client raises (the poll then counts for nothing).
-
-    `known` is best a `RunIndex` kept across polls; any other mapping is indexed here first
-    (with the built-in terminal conditions).
-    """
-    if isinstance(known, RunIndex):
-        index = known
-    else:
-        index = RunIndex(known, terminal=terminal_conditions())
-    acc = Fold(
-        index.as_dict(), workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms
+    """Poll one workspace; raises what a failed page raises (the poll then counts for nothing)."""
+    fold = Fold(
+        index.as_dict(),
+        workspace=workspace,
+        baseline=plan.kind == "baseline",
+        now_ms=now_ms,
+        tombstones=index.tombstones,
     )
+    fetches = _Fetches(client, plan.max_concurrency)
     if plan.kind != "incremental":
         pages = 0
         async for page in client.list_runs(plan.page_size, max_pages=plan.max_pages):
             pages += 1
-            acc.add(page.runs, page.skipped)
-        return PollOutcome(
-            kind=plan.kind,
-            diff=acc.result(complete=True),
-            runs_seen=len(acc.seen),
-            pages=pages,
-            gets=0,
+            fold.add(page.runs, page.skipped)
+        settled = await _settle_missing(
+            fold, fetches, known=len(index), org=client.organization_id
         )
-    return await _poll_incremental(client, index, acc, plan=plan)
+        return _outcome(plan.kind, fold, fetches, pages=pages, listed_whole=settled)
 
-
-async def _poll_incremental(
-    client: ViClient, index: RunIndex, acc: Fold, *, plan: PollPlan
-) -> PollOutcome:
-    watermark = index.newest_created()
-    walk = _Walk(client, acc, plan)
+    watermark = index.newest_created(not_after=now_ms + FUTURE_SLACK_MS)
+    walk = _Walk(client, fold, plan)
     try:
         # 1. the head of the listing, down past the watermark
         while not walk.ended:
@@ -141,37 +192,85 @@ async def _poll_incremental(
                 break
 
         # 2. known unfinished runs the head did not show
-        stale = [s for s in index.unfinished() if s.run_id not in acc.seen]
+        stale = [s for s in index.unfinished() if s.run_id not in fold.seen]
         if stale and not walk.ended:
             extra, sought = _pages_worth_walking(
-                stale, index, acc.unknown, plan.page_size, walk.pages
+                stale, index, fold.unknown, plan.page_size, walk.pages
             )
             stop_at = walk.pages + extra
             while not walk.ended and walk.pages < stop_at:
                 await walk.step()
-                if all(run_id in acc.seen for run_id in sought):
+                if all(run_id in fold.seen for run_id in sought):
                     break  # shallower than estimated: every run walked for is seen
-            stale = [s for s in stale if s.run_id not in acc.seen]
+            stale = [s for s in stale if s.run_id not in fold.seen]
     finally:
         await walk.aclose()
 
     if walk.ended:
-        # The walk was a complete listing: what it did not show was deleted, not stale.
-        return PollOutcome(
-            kind="full",
-            diff=acc.result(complete=True),
-            runs_seen=len(acc.seen),
-            pages=walk.pages,
-            gets=0,
+        # The walk was a complete listing: what it did not show is missing, not stale.
+        settled = await _settle_missing(
+            fold, fetches, known=len(index), org=client.organization_id
         )
-    if stale:
-        acc.add(await _get_runs(client, stale, plan.max_concurrency))
+        return _outcome("full", fold, fetches, pages=walk.pages, listed_whole=settled)
+    for _, found in await fetches.get(stale):
+        # Gone (404): deletions are only concluded after a complete listing.
+        if isinstance(found, Run):
+            fold.add([found])
+    return _outcome("incremental", fold, fetches, pages=walk.pages, listed_whole=False)
+
+
+async def _settle_missing(fold: Fold, fetches: _Fetches, *, known: int, org: str) -> bool:
+    """GET the known runs a complete listing left out: delete the gone, keep the rest.
+
+    Returns whether every missing run was settled (else the next poll lists whole again).
+    Raises ViBadResponseError when the listing was broken (see `core.transitions`).
+    """
+    missing = fold.missing()
+    if not missing:
+        return True
+    if listing_looks_broken(len(missing), known):
+        sample = await fetches.get(missing[:BROKEN_LISTING_SAMPLE])
+        there = [s.run_id for s, found in sample if found is not Fetched.GONE]
+        if there:
+            unknown = all(found is Fetched.FAILED for _, found in sample)
+            why = (
+                "and none of them could be checked"
+                if unknown
+                else f"yet run {there[0]} is still there: a broken listing"
+            )
+            raise ViBadResponseError(
+                f"the run listing of organization {org} left out {len(missing)} of {known} "
+                f"known runs, {why}; nothing was changed, and runwatch lists again next poll"
+            )
+    batch = missing[:CONFIRMATIONS_PER_POLL]
+    gone: list[RunState] = []
+    settled = len(batch) == len(missing)
+    for state, found in await fetches.get(batch):
+        if found is Fetched.GONE:
+            gone.append(state)
+        elif found is Fetched.UNCHANGED:
+            fold.add([], skipped=[state.run_id])  # still there, as known
+        elif found is Fetched.FAILED:
+            settled = False
+        else:
+            fold.add([found])
+    fold.delete(gone)
+    if gone:
+        log.info("runs.deleted", organization_id=org, runs=len(gone))
+    return settled
+
+
+def _outcome(
+    kind: PollKind, fold: Fold, fetches: _Fetches, *, pages: int, listed_whole: bool
+) -> PollOutcome:
     return PollOutcome(
-        kind="incremental",
-        diff=acc.result(complete=False),
-        runs_seen=len(acc.seen),
-        pages=walk.pages,
-        gets=len(stale),
+        kind=kind,
+        diff=fold.result(),
+        runs_seen=len(fold.seen),
+        pages=pages,
+        gets=fetches.count,
+        listed_whole=listed_whole,
+        unfetched=tuple(fetches.failed),
     )
 
 
@@ -202,23 +301,3 @@ def _pages_worth_walking(
 
 def _page_of(position: int, page_size: int) -> int:
     return math.ceil(position / page_size)
-
-
-async def _get_runs(client: ViClient, stale: list[RunState], concurrency: int) -> list[Run]:
-    gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def fetch(state: RunState) -> Run | None:
-        async with gate:
-            try:
-                return await client.get_run(state.run_id, etag=state.etag)
-            except ViNotFoundError:
-                # Deleted, most likely; deletions are only concluded from a complete listing,
-                # so leave it to the next full resync.
-                return None
-
-    results = await asyncio.gather(*(fetch(s) for s in stale), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result  # one failed GET fails the poll: nothing is committed
-    # None is "304 Not Modified" or "gone": either way, nothing to diff.
-    return [r for r in results if isinstance(r, Run)]
