@@ -6,8 +6,9 @@ same stream: JSON lines when the stream is not a terminal (systemd's journal), k
 colours on a terminal.
 
 Secrets are redacted twice, as defense in depth: every string value of the event (the
-formatted traceback included) has each registered secret replaced by "****", and the final
-rendered line is scrubbed again, which catches a secret hidden inside the repr of an object.
+formatted traceback included) has each registered secret, and any 12-character piece of one,
+replaced by "****" (`runwatch.redaction`), and the final rendered line is scrubbed again,
+which catches a secret hidden inside the repr of an object.
 The callers' first duty is still never to log a secret; this only limits the damage of a
 mistake.
 """
@@ -15,18 +16,17 @@ mistake.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-REDACTED = "****"
-MIN_SECRET_LENGTH = 4  # shorter strings would blank out ordinary words and numbers
+from runwatch.redaction import MASK, Redactor
+
+REDACTED = MASK
 
 LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,
@@ -43,49 +43,46 @@ _QUIET_UNLESS_DEBUG = ("httpx", "httpcore")
 # webhooks keep their tokens; so these stay at WARNING even when runwatch runs at debug.
 _ALWAYS_WARNING = ("apprise", "urllib3", "requests")
 
-_secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-# Swapped as a whole on registration, so the logging threads never see a half-built pattern.
-_secret_pattern: re.Pattern[str] | None = None
+# Swapped as a whole on registration, so the logging threads never see a half-built one.
+_redactor = Redactor()
 _handler: logging.Handler | None = None
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
     """Add strings to redact from every log line from now on; shorter than 4 chars are ignored.
 
-    The percent-encoded form of each secret is registered too, because a secret usually sits
+    The percent-encoded form of each secret is masked too, because a secret usually sits
     inside an Apprise URL, where it is written (and logged) encoded.
     """
-    global _secret_pattern
+    global _redactor
     with _secrets_lock:
-        for secret in secrets:
-            for form in (secret, urllib.parse.quote(secret, safe="")):
-                if len(form) >= MIN_SECRET_LENGTH:
-                    _secrets.add(form)
-        if _secrets:
-            # Longest first: when one secret contains another, the whole of it goes.
-            ordered = sorted(_secrets, key=len, reverse=True)
-            _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _redactor = _redactor.extended(secrets)
 
 
-def _scrub(value: object, pattern: re.Pattern[str]) -> object:
+def redactor() -> Redactor:
+    """What every log line is masked with: the secrets registered so far."""
+    return _redactor
+
+
+def _scrub(value: object, redact: Redactor) -> object:
     if isinstance(value, str):
-        return pattern.sub(REDACTED, value)
+        return redact(value)
     if isinstance(value, Mapping):
-        return {k: _scrub(v, pattern) for k, v in value.items()}
+        return {k: _scrub(v, redact) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_scrub(v, pattern) for v in value]
+        return [_scrub(v, redact) for v in value]
     return value
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Processor: replace every registered secret in every string value with "****"."""
-    pattern = _secret_pattern
-    if pattern is None:
+    """Processor: mask every registered secret, and pieces of one, in every string value."""
+    redact = _redactor
+    if not redact:
         return event_dict
     for key, value in event_dict.items():
         if key != "_record":  # the stdlib record itself is never rendered
-            event_dict[key] = _scrub(value, pattern)
+            event_dict[key] = _scrub(value, redact)
     return event_dict
 
 
@@ -94,10 +91,7 @@ def _redacting(renderer: Processor) -> Processor:
 
     def render(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
         line = renderer(logger, method, event_dict)
-        pattern = _secret_pattern
-        if pattern is not None and isinstance(line, str):
-            return pattern.sub(REDACTED, line)
-        return line
+        return _redactor(line) if isinstance(line, str) else line
 
     return render
 
@@ -204,10 +198,9 @@ def configure_logging(
 
 def reset_logging() -> None:
     """Undo `configure_logging` and forget the registered secrets (for tests)."""
-    global _handler, _secret_pattern
+    global _handler, _redactor
     with _secrets_lock:
-        _secrets.clear()
-        _secret_pattern = None
+        _redactor = Redactor()
     structlog.reset_defaults()
     if _handler is not None:
         for name in ("", *_ALWAYS_WARNING):

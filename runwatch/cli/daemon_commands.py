@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +28,8 @@ __all__ = ["load", "once", "run"]
 
 
 def run(config: Config, config_path: Path) -> int:
+    raise_file_limit()
+
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
@@ -56,6 +59,19 @@ def run(config: Config, config_path: Path) -> int:
         sys.stderr.flush()
         os._exit(EX_OK)
     return EX_OK
+
+
+def raise_file_limit(ceiling: int = 65_536) -> None:
+    """Lift the soft limit on open files towards the hard one (systemd's default soft limit is
+    1,024): connections to /metrics, the Vi API and the channels share the process's
+    descriptors, and running out of them fails sends. Left alone where it cannot be raised."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("limits.unchanged", error=str(exc))
 
 
 def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> int:

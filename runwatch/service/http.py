@@ -4,6 +4,13 @@ A stdlib `ThreadingHTTPServer` in a daemon thread, away from the asyncio loop, s
 still answers while a poll is stuck (which is exactly when /healthz must say 503). The
 `health` callable therefore runs on the server's threads and must be thread-safe; it returns
 (healthy, summary) and the summary is sent as JSON.
+
+Bounded, because it is the daemon's one door that anyone on the network path may knock on:
+at most `MAX_CONNECTIONS` connections are served at once (more are closed at once, before a
+thread is spent on them), a connection that says nothing for `IDLE_TIMEOUT_S` is closed, and
+no failure inside the server (a file-descriptor limit reached, a client gone mid-answer, a
+bug) leaves it: it is logged and the server goes on, so it can never stop polling or
+delivery, which share the process's descriptors but not its threads.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import structlog
 
@@ -26,12 +35,51 @@ HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALLOWED = "GET"
+MAX_CONNECTIONS = 16  # served at once; Prometheus and a probe need two
+IDLE_TIMEOUT_S = 5.0  # a client that sends nothing for this long is hung up on
+ACCEPT_BACKOFF_S = 0.1  # after accept() failed, e.g. out of file descriptors
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung client must not keep the process alive at exit
+    request_queue_size = MAX_CONNECTIONS
     health: HealthCheck
     metrics: Metrics
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Refused before a thread is started: a thousand idle connections cost a thousand
+        # descriptors for a moment, never a thousand threads holding them.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http.client_error", exc_info=True)
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            # Out of descriptors (EMFILE): the stdlib drops this request and selects again at
+            # once, so without a pause the server would spin on the pending connection.
+            log.warning("http.accept_failed", error=exc.strerror or str(exc))
+            time.sleep(ACCEPT_BACKOFF_S)
+            raise
 
 
 class _Server6(_Server):
@@ -40,7 +88,7 @@ class _Server6(_Server):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = 10  # seconds a client may dawdle over its request before the thread gives up
+    timeout = IDLE_TIMEOUT_S  # seconds a client may dawdle before the thread gives up
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path

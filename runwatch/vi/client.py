@@ -13,15 +13,19 @@ each call goes through the `RetryPolicy`, which retries only what is not `.perma
     404                                   -> ViNotFoundError      permanent
     other 3xx / 4xx                       -> ViError              permanent
 
+A response brings at most `max_response_bytes` (a 3 GB answer is cut off, not read whole:
+ViBadResponseError, permanent for the call), and each attempt as a whole is bounded in time,
+not only each read.
+
 The secret key lives only in the `Authorization` header of the httpx client (whose repr
 masks it), never in a URL, a log event or an error message; server text quoted in an error
-is scrubbed of it too, in case a proxy echoes the request back.
+is masked of it, and of any 12-character piece of it, before it is cut to length, in case a
+proxy echoes the request back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -42,7 +46,8 @@ from runwatch.errors import (
     ViServerError,
     ViTransportError,
 )
-from runwatch.vi.decode import Page, decode_page, decode_run
+from runwatch.redaction import Redactor, cut
+from runwatch.vi.decode import Page, decode_page, decode_run, safe_json
 from runwatch.vi.retry import RetryPolicy, parse_retry_after
 
 Endpoint = Literal["list", "get"]
@@ -51,6 +56,7 @@ Endpoint = Literal["list", "get"]
 # never trips them; the whole attempt is bounded too, at this multiple of the timeout.
 _ATTEMPT_DEADLINE_FACTOR = 3.0
 _MAX_QUOTED = 300  # characters of server text quoted in an error message
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _MESSAGE_KEYS = ("message", "error_description", "detail", "error")
 
 
@@ -82,6 +88,7 @@ class ViClient:
         max_connections: int = 10,
         on_request: Callable[[str, str, float], None] | None = None,
         max_requests_per_second: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
@@ -101,7 +108,8 @@ class ViClient:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._on_request = on_request
-        self._secret_key = secret_key  # kept only to scrub it from quoted server text
+        self._redact = Redactor([secret_key])  # scrubs the key from quoted server text
+        self._max_bytes = max_response_bytes
         self._pace = _Pace(max_requests_per_second) if max_requests_per_second else None
         base = endpoint.rstrip("/")
         self._runs_url = f"{base}/workspaces/{quote(organization_id, safe='')}/runs"
@@ -232,8 +240,8 @@ class ViClient:
         outcome = "transport"
         started = time.monotonic()
         try:
-            response = await asyncio.wait_for(
-                self._http.get(url, params=params, headers=headers),
+            response, body = await asyncio.wait_for(
+                self._get(url, params, headers, what=what),
                 self._timeout * _ATTEMPT_DEADLINE_FACTOR,
             )
             outcome = str(response.status_code)
@@ -274,12 +282,12 @@ class ViClient:
         status = response.status_code
         if status == 200:
             try:
-                return json.loads(response.content)
+                return safe_json(body)
             except (ValueError, RecursionError) as exc:
                 raise self._error(
                     ViBadResponseError,
                     f"the Vi API answered {what} with a body that is not JSON "
-                    f"({len(response.content)} bytes of "
+                    f"({len(body)} bytes of "
                     f"{response.headers.get('content-type', 'no content type')}); "
                     f"a proxy in the way, or a truncated response",
                     status_code=status,
@@ -287,12 +295,39 @@ class ViClient:
                 ) from exc
         if status == 304 and kind == "get" and "If-None-Match" in headers:
             return None
-        raise self._status_error(response, what=what, run_id=run_id)
+        raise self._status_error(response, body, what=what, run_id=run_id)
 
-    def _status_error(self, response: httpx.Response, *, what: str, run_id: str | None) -> ViError:
+    async def _get(
+        self, url: str, params: dict[str, str], headers: dict[str, str], *, what: str
+    ) -> tuple[httpx.Response, bytes]:
+        """GET `url`, reading at most `max_response_bytes` of its (decoded) body."""
+        async with self._http.stream("GET", url, params=params, headers=headers) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise self._too_big(what, f"it announced {declared} bytes")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise self._too_big(what, "runwatch stopped reading there")
+            return response, bytes(body)
+
+    def _too_big(self, what: str, how: str) -> ViError:
+        error = self._error(
+            ViBadResponseError,
+            f"the Vi API answered {what} with more than {self._max_bytes} bytes ({how}); "
+            "a broken proxy or API, or raise poll.max_response_bytes if pages are really "
+            "that large (or lower poll.page_size)",
+        )
+        error.permanent = True  # the same request brings the same body
+        return error
+
+    def _status_error(
+        self, response: httpx.Response, body: bytes, *, what: str, run_id: str | None
+    ) -> ViError:
         status = response.status_code
         org = self.organization_id
-        detail = _detail(response)
+        detail = _detail(response, body, self._redact)
         trace = _trace_id(response)
         kw: dict[str, object] = {"status_code": status, "trace_id": trace}
         if status in (401, 403):
@@ -353,7 +388,7 @@ class ViClient:
         )
 
     def _error(self, cls: type[ViError], message: str, **kw: object) -> ViError:
-        return cls(message.replace(self._secret_key, "[redacted]"), **kw)  # type: ignore[arg-type]
+        return cls(self._redact(message), **kw)  # type: ignore[arg-type]
 
 
 class _Pace:
@@ -400,16 +435,16 @@ def _trace_id(response: httpx.Response) -> str | None:
     return value.split("/", 1)[0].split(";", 1)[0].strip() or None
 
 
-def _server_message(response: httpx.Response) -> str | None:
+def _server_message(body: bytes) -> str | None:
     try:
-        body = json.loads(response.content)
+        doc = safe_json(body)
     except (ValueError, RecursionError):
-        text = response.text.strip() if response.content else ""
+        text = body.decode("utf-8", "replace").strip()
         return text or None
-    if not isinstance(body, dict):
+    if not isinstance(doc, dict):
         return None
     for key in _MESSAGE_KEYS:
-        value = body.get(key)
+        value = doc.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
         if key == "error" and isinstance(value, dict):
@@ -419,15 +454,13 @@ def _server_message(response: httpx.Response) -> str | None:
     return None
 
 
-def _detail(response: httpx.Response) -> str:
-    """': <server message> [trace <id>]', as much of it as the response offers."""
+def _detail(response: httpx.Response, body: bytes, redact: Redactor) -> str:
+    """': <server message> [trace <id>]', as much of it as the response offers, masked of
+    the secret key before it is cut to length (a cut secret is still a secret)."""
     parts = ""
-    message = _server_message(response)
+    message = _server_message(body[: 64 * _MAX_QUOTED])
     if message:
-        one_line = " ".join(message.split())
-        if len(one_line) > _MAX_QUOTED:
-            one_line = one_line[:_MAX_QUOTED] + "…"
-        parts += f": {one_line}"
+        parts += f": {cut(message, _MAX_QUOTED, redact)}"
     trace = _trace_id(response)
     if trace:
         parts += f" [trace {trace}]"
