@@ -32,7 +32,7 @@ WAITING = "Waiting"
 REACHED = "Reached"
 FAILED_REACH = "FailedReach"
 
-EventKind = Literal["transition", "new", "deleted"]
+EventKind = Literal["transition", "new", "deleted", "overdue"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
