@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-from runwatch.config.loading import Config, load_config
+from runwatch.config.loading import load_config
+from runwatch.config.settings import ChannelConfig, Config
+from runwatch.delivery.apprise_channel import Channel, build_channels
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
 from runwatch.state.sqlite import Store
@@ -88,6 +90,13 @@ def write_config(
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+def apprise_channels(urls: Mapping[str, list[str]]) -> dict[str, Channel]:
+    """Built Apprise channels, one per name, as `build_channels` makes them from a config."""
+    return build_channels(
+        {name: ChannelConfig(kind="apprise", urls=tuple(u)) for name, u in urls.items()}
+    )
 
 
 @contextlib.contextmanager

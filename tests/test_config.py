@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from runwatch.config.describe import describe
 from runwatch.config.durations import format_duration, parse_duration
-from runwatch.config.loading import (
+from runwatch.config.loading import default_state_path, load_config, parse_config
+from runwatch.config.schema import file_keys
+from runwatch.config.settings import (
+    CORE_FIELDS,
     DEFAULT_ENDPOINT,
     AlertsConfig,
+    ChannelConfig,
     Config,
     DeliveryConfig,
+    DigestConfig,
+    HAConfig,
     HttpConfig,
     PollConfig,
     StateConfig,
     Templates,
     TLSConfig,
     WorkspaceConfig,
-    default_state_path,
-    describe,
-    load_config,
-    parse_config,
 )
 from runwatch.core.rules import Match, Rule
 from runwatch.errors import ConfigError
@@ -83,9 +87,14 @@ def test_it_loads_a_minimal_config_with_every_default() -> None:
                 endpoint=DEFAULT_ENDPOINT,
             ),
         ),
-        channels={"ops": ("json://127.0.0.1:9/hook",)},
+        channels={
+            "ops": ChannelConfig(
+                kind="apprise", urls=("json://127.0.0.1:9/hook",), digest=DigestConfig()
+            )
+        },
         rules=(Rule(name="failures", match=Match(condition=("Failed", "Error")), notify=("ops",)),),
         state=StateConfig(path=Path("/xdg/runwatch/state.db")),
+        ha=HAConfig(),
         poll=PollConfig(),
         delivery=DeliveryConfig(),
         templates=Templates(),
@@ -186,6 +195,7 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
             name="research",
             organization_id="org-research",
             secret_key="research-key-5d6e7f",
+            secret_key_file=tmp_path / "research.key",
             endpoint="http://127.0.0.1:8080",
         ),
     )
@@ -201,10 +211,11 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
         max_requests_per_second=2.5,
         terminal_conditions=("Archived",),
         max_pages=50,
+        max_response_bytes=64 * 1024 * 1024,
     )
     assert config.state == StateConfig(path=tmp_path / "data" / "state.db")
     assert config.tls == TLSConfig(verify=True, ca_bundle=tmp_path / "ca.pem")
-    assert config.channels == {
+    assert {name: channel.urls for name, channel in config.channels.items()} == {
         "ml-slack": (f"slack://T0A1B2C3D/B0A1B2C3D/{SLACK_C}/#ml-runs",),
         "oncall": (
             f"mailtos://alerts:{SMTP_PASSWORD}@smtp.example.com?to=oncall@example.com",
@@ -239,7 +250,8 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
     assert config.alerts == AlertsConfig(
         notify=("oncall",), api_down_after=300.0, channel_failing_after=3600.0
     )
-    assert config.http == HttpConfig(host="::1", port=0)
+    assert config.http == HttpConfig(listen="[::1]:0")
+    assert (config.http.host, config.http.port) == ("::1", 0)
     assert config.source == path
     assert config.warnings == ()
 
@@ -255,6 +267,8 @@ def test_it_loads_the_annotated_example_file(tmp_path: Path) -> None:
         "SLACK_TOKEN_C": SLACK_C,
         "SMTP_PASSWORD": SMTP_PASSWORD,
         "WEBHOOK_AUTHORIZATION": "Bearer hook-token-8c7b6a",
+        "WEBHOOK_SECRET": "webhook-signing-secret-1",
+        "SLACK_BOT_TOKEN": "xoxb-1111-2222-slack-bot",
         "CREDENTIALS_DIRECTORY": str(tmp_path),
         "HOME": "/home/operator",
     }
@@ -262,28 +276,44 @@ def test_it_loads_the_annotated_example_file(tmp_path: Path) -> None:
     assert [ws.name for ws in config.workspaces] == ["prod", "research"]
     assert config.workspaces[1].organization_id == "research-org"  # from ${VAR:-default}
     assert config.state.path == Path("/var/lib/runwatch/state.db")
-    assert [rule.name for rule in config.rules] == ["failures", "finished", "deletions"]
+    assert [rule.name for rule in config.rules] == [
+        "failures",
+        "finished",
+        "deletions",
+        "stuck-pending",
+    ]
+    assert {name: channel.kind for name, channel in config.channels.items()} == {
+        "ml-slack": "apprise",
+        "oncall": "apprise",
+        "admins": "apprise",
+        "team-email": "apprise",
+        "audit": "webhook",
+        "ml-runs": "slack",
+    }
     assert config.alerts.notify == ("admins",)
-    assert config.http == HttpConfig(host="127.0.0.1", port=9464)
+    assert config.http == HttpConfig(listen="127.0.0.1:9464")
+    assert config.warnings == ()
     for secret in (SECRET_KEY, SLACK_C, SMTP_PASSWORD, "hook-token-8c7b6a", "research-key-0000"):
         assert secret in config.secrets
+    assert {"webhook-signing-secret-1", "xoxb-1111-2222-slack-bot"} <= set(config.secrets)
 
 
 def test_it_documents_every_key_the_loader_accepts() -> None:
-    """Every key the loader knows appears in config.example.yaml."""
-    from runwatch.config import loading as module
-
+    """Every key the settings declare appears in config.example.yaml, under its section."""
     example = (REPO / "config.example.yaml").read_text()
-    known = (
-        module._TOP_KEYS
-        + module._WORKSPACE_KEYS
-        + module._POLL_KEYS
-        + module._RULE_KEYS
-        + module._MATCH_KEYS
-        + ("path", "verify", "ca_bundle", "max_age", "initial_backoff", "max_backoff")
-        + ("timeout", "min_interval", "api_down_after", "channel_failing_after", "listen")
-    )
-    missing = [key for key in known if f"{key}:" not in example]
+    # Top-level sections, written or commented out (`# ha:`), each with the text below it.
+    starts = list(re.finditer(r"^(?:# )?([a-z_]+):", example, re.MULTILINE))
+    sections = {
+        m.group(1): example[m.start() : nxt.start() if nxt else len(example)]
+        for m, nxt in zip(starts, [*starts[1:], None], strict=True)
+    }
+    declared = file_keys(Config, CORE_FIELDS)
+    assert {"workspaces[].enrich.max_metrics", "channels.*.quiet_hours.except"} <= set(declared)
+    missing = [
+        path
+        for path in declared
+        if f"{path.rpartition('.')[2]}:" not in sections.get(re.split(r"[.\[]", path)[0], "")
+    ]
     assert missing == []
 
 
@@ -472,7 +502,7 @@ def test_it_reports_every_problem_together_with_path_and_line() -> None:
         "poll.page_size: 0 is out of range 1..1000 (line 8)",
         "poll.max_attempts: expected an integer, got a boolean (line 9)",
         "rules[0].match.event: unknown event kind 'created' (line 15); "
-        "use one of: transition, new, deleted",
+        "use one of: transition, new, deleted, overdue",
         "rules[0].notify[1]: unknown channel 'oncal' (line 16); channels are: ml-slack, oncall",
         "rules[1].name: duplicate rule name 'failures' (line 17); also rules[0].name",
         "rules[1].notify: must name at least one channel (line 18)",

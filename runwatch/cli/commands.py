@@ -11,10 +11,12 @@ from typing import TextIO
 
 import structlog
 
-from runwatch.config.loading import Config, describe, load_config
+from runwatch.config.describe import describe
+from runwatch.config.loading import load_config
+from runwatch.config.settings import Config
 from runwatch.core.compose import outbox_items
 from runwatch.core.render import flavour_for, sample_events
-from runwatch.delivery.apprise_channel import build_channels, route_apprise_logging
+from runwatch.delivery.apprise_channel import build_channels, route_apprise_logging, unsupported
 from runwatch.delivery.console import register_console_schema
 from runwatch.errors import ViError
 from runwatch.logs import register_secrets
@@ -44,7 +46,8 @@ def run(config: Config, config_path: Path) -> int:
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
-        with Store.open(config.state.path) as store, writer_lock(config.state.path):
+        state_path = config.state.sqlite_path()
+        with Store.open(state_path) as store, writer_lock(state_path):
             daemon = Daemon(config, store, notifier=Notifier())
             server = None
             if config.http is not None:
@@ -77,10 +80,10 @@ def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> 
     """One poll cycle and one delivery pass; exit 1 if a workspace could not be polled."""
 
     async def main() -> int:
-        with Store.open(config.state.path) as store:
+        with Store.open(config.state.sqlite_path()) as store:
             if dry_run:
                 return await _dry_run(config, store, out)
-            with writer_lock(config.state.path):
+            with writer_lock(config.state.sqlite_path()):
                 return await _once(config, store, out)
 
     return asyncio.run(main())
@@ -136,7 +139,7 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
     """Print what the configuration means; every template was already rendered by the loader."""
     for line in describe(config):
         print(line, file=out)
-    flavours = {name: flavour_for(list(urls)) for name, urls in config.channels.items()}
+    flavours = {name: flavour_for(list(ch.urls)) for name, ch in config.channels.items()}
     items = outbox_items(
         sample_events(), rules=config.rules, templates=config.templates, flavours=flavours
     )
@@ -157,7 +160,8 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
             file=out,
         )
         return 2
-    channels = build_channels({n: config.channels[n] for n in (names or list(config.channels))})
+    chosen = {n: config.channels[n] for n in (names or list(config.channels))}
+    channels = build_channels(chosen)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
     async def main() -> list[tuple[str, bool, str]]:
@@ -176,7 +180,9 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
         return [(r.channel, r.ok, r.detail) for r in results]
 
     failed = 0
-    for name, ok, detail in asyncio.run(main()):
+    results = asyncio.run(main())
+    results += [(n, False, why) for n, ch in chosen.items() if (why := unsupported(ch))]
+    for name, ok, detail in results:
         failed += not ok
         print(f"{name}: {'OK' if ok else 'FAILED'} {detail}", file=out)
     return 1 if failed else 0
@@ -184,7 +190,7 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
 
 def runs(config: Config, out: TextIO = sys.stdout) -> int:
     names = {ws.organization_id: ws.name for ws in config.workspaces}
-    with Store.open(config.state.path) as store:
+    with Store.open(config.state.sqlite_path()) as store:
         states = store.tracked_runs()
     rows = [("WORKSPACE", "RUN", "FLOW", "CONDITION", "SINCE")]
     for s in states:

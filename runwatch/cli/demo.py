@@ -138,7 +138,7 @@ async def play(
         out.flush()
         stop = asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, None)
-        with Store.open(config.state.path) as store:
+        with Store.open(config.state.sqlite_path()) as store:
             daemon = Daemon(config, store)
             story = _story(sim)
             task = asyncio.create_task(daemon.run(stop))

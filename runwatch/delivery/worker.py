@@ -27,7 +27,7 @@ from typing import Literal
 import structlog
 
 from runwatch.clock import wait_any
-from runwatch.config.loading import DeliveryConfig
+from runwatch.config.settings import DeliveryConfig
 from runwatch.delivery.apprise_channel import Channel
 from runwatch.errors import StoreError
 from runwatch.state.sqlite import OutboxRow, Store

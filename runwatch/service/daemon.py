@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 import structlog
 
 from runwatch.clock import wait_any
-from runwatch.config.loading import Config, WorkspaceConfig
+from runwatch.config.settings import Config, WorkspaceConfig
 from runwatch.core.alerts import Alert, AlertState, channel_alerts, workspace_alerts
 from runwatch.core.compose import outbox_items
 from runwatch.core.model import TERMINAL_CONDITIONS, Event, OutboxItem
 from runwatch.core.render import Flavour, flavour_for
-from runwatch.delivery.apprise_channel import Channel, build_channels
+from runwatch.delivery.apprise_channel import Channel, build_channels, unsupported
 from runwatch.delivery.worker import Deliverer
 from runwatch.errors import StoreError, ViAuthError, ViError
 from runwatch.service.metrics import Metrics
@@ -108,8 +108,12 @@ class Daemon:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.flavours: dict[str, Flavour] = {
-            name: flavour_for(list(urls)) for name, urls in config.channels.items()
+            name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()
         }
+        for name, channel in config.channels.items():
+            why = unsupported(channel)
+            if why is not None:
+                log.warning("channel.unsupported", channel=name, kind=channel.kind, message=why)
         self.terminal = TERMINAL_CONDITIONS | frozenset(config.poll.terminal_conditions)
         self.clients: dict[str, ViClient] = {ws.name: self._client(ws) for ws in config.workspaces}
         for ws in config.workspaces:
