@@ -12,8 +12,8 @@ import pytest
 
 from runwatch.config.describe import describe
 from runwatch.config.durations import format_duration, parse_duration
+from runwatch.config.keys import file_keys
 from runwatch.config.loading import default_state_path, load_config, parse_config
-from runwatch.config.schema import file_keys
 from runwatch.config.settings import (
     CORE_FIELDS,
     DEFAULT_ENDPOINT,

@@ -35,16 +35,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runwatch.config.apprise_urls import url_problem, url_secrets
+from runwatch.config import channels
 from runwatch.config.durations import format_duration
 from runwatch.config.keys import SECRET_NOT_LOADED
 from runwatch.config.schema import INVALID, Reader
 from runwatch.config.settings import (
     CORE_FIELDS,
     ChannelConfig,
-    ChannelKind,
     Config,
-    DigestConfig,
+    QuietHours,
     StateConfig,
     WorkspaceConfig,
 )
@@ -205,7 +204,8 @@ class _Sections:
             {
                 WorkspaceConfig: self.workspace,
                 StateConfig: self.state,
-                ChannelConfig: self.channel,
+                ChannelConfig: channels.channel,
+                QuietHours: channels.quiet_hours,
                 Rule: self.rule,
             }
         )
@@ -362,100 +362,6 @@ class _Sections:
                 r.found.inline.append(path)
 
     # -- channels ---------------------------------------------------------------------------
-    def channel(self, r: Reader, value: object, path: str) -> Any:
-        if isinstance(value, str | list):
-            urls = self._apprise_urls(value, path)
-            if urls is INVALID:
-                return INVALID
-            return ChannelConfig(kind="apprise", urls=urls, digest=DigestConfig())
-        if not isinstance(value, dict):
-            r.wrong_type(path, "an Apprise URL, a list of them, or a mapping", value)
-            return INVALID
-        values = r.fields(ChannelConfig, value, path, skip=("urls", "digest"))
-        if values is None:
-            return INVALID
-        given = [k for k in ("urls", "webhook", "slack") if k in value]
-        if len(given) != 1:
-            both = f" ({' and '.join(given)} are set)" if given else ""
-            r.fail(path, f"give exactly one of urls, webhook and slack{both}")
-            return INVALID
-        kinds: dict[str, ChannelKind] = {"urls": "apprise", "webhook": "webhook", "slack": "slack"}
-        kind = kinds[given[0]]
-        if kind == "apprise":
-            values["urls"] = self._apprise_urls(value["urls"], f"{path}.urls")
-        elif kind not in values:
-            return INVALID  # the webhook or slack section had a problem, reported
-        digest = self._digest(value.get("digest"), f"{path}.digest", kind)
-        if INVALID in (digest, values["urls"] if kind == "apprise" else None):
-            return INVALID
-        if kind == "webhook":
-            self._url_secrets(values["webhook"].url, f"{path}.webhook.url")
-        if kind == "slack":
-            slack = values["slack"]
-            api_url = slack.api_url.strip().rstrip("/") + "/"
-            values["slack"] = dataclasses.replace(slack, api_url=api_url)
-            host = urllib.parse.urlsplit(api_url).hostname or ""
-            if api_url.startswith("http:") and not is_loopback(host):
-                r.found.warnings.append(
-                    f"{path}.slack.api_url: {api_url} is plain HTTP to another machine; the "
-                    "Slack token would cross the network unencrypted"
-                )
-        return ChannelConfig(kind=kind, digest=digest, **values)
-
-    def _digest(self, raw: object, path: str, kind: ChannelKind) -> Any:
-        if raw is None:  # left out: a digest for Apprise channels, none for the others
-            return DigestConfig() if kind == "apprise" else None
-        if kind == "slack" and raw is not False:
-            self.r.fail(
-                path,
-                "a Slack channel edits one message per run in place, so it takes no digest",
-                "remove digest here (or write digest: false)",
-            )
-            return INVALID
-        if isinstance(raw, bool):
-            return DigestConfig() if raw else None
-        if not isinstance(raw, dict):
-            self.r.wrong_type(path, "false or a mapping", raw)
-            return INVALID
-        return self.r.section(DigestConfig, raw, path)
-
-    def _apprise_urls(self, value: object, path: str) -> Any:
-        r = self.r
-        if isinstance(value, str):
-            entries = [(path, value)]
-        elif isinstance(value, list) and value:
-            entries = []
-            for i, item in enumerate(value):
-                if isinstance(item, str):
-                    entries.append((f"{path}[{i}]", item))
-                else:
-                    r.wrong_type(f"{path}[{i}]", "an Apprise URL string", item)
-        elif isinstance(value, list):
-            r.fail(path, "must list at least one Apprise URL")
-            return INVALID
-        else:
-            r.wrong_type(path, "an Apprise URL or a list of them", value)
-            return INVALID
-        urls: list[str] = []
-        for url_path, url in entries:
-            url = url.strip()
-            excused = r.excuse(url_path)  # an unset secret: the URL cannot be checked
-            self._url_secrets(url, url_path)
-            error = None if excused else url_problem(url)
-            if error is not None:
-                r.fail(url_path, error)
-            urls.append(url)
-        return tuple(urls)
-
-    def _url_secrets(self, url: str, path: str) -> None:
-        r = self.r
-        r.found.secrets.extend(url_secrets(url))
-        r.found.scrub.extend(r.doc.env_values.get(path, []))
-        # A secret part of the URL written here, not taken from ${VAR}, is inline.
-        written = url_secrets(r.doc.as_written(path, url))
-        if any(FROM_ENV not in secret for secret in written):
-            r.found.inline.append(path)
-
     def _channel_refs(self, names: tuple[str, ...], raw: object, path: str) -> tuple[str, ...]:
         """`names` (written at `path`) each checked to be a channel; each kept once."""
         known = ", ".join(self.channel_names)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import math
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +29,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runwatch.config.durations import format_duration, parse_duration
 from runwatch.config.keys import (
-    DERIVED,
     EMPTY_OK,
     IN_CREDENTIALS,
     SECRET,
@@ -39,69 +36,16 @@ from runwatch.config.keys import (
     Above,
     Check,
     Duration,
+    Key,
     Range,
     Size,
+    keys_of,
 )
 from runwatch.config.values import format_size, parse_clock, parse_size
 from runwatch.config.yaml_document import FROM_ENV, Document, Problems
 
 INVALID: Any = object()  # what a read returns after reporting a problem
 Hook = Callable[["Reader", object, str], Any]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Key:
-    """One field of a settings dataclass, as a key of the file."""
-
-    name: str  # the Python field name
-    key: str  # the key in the file: the name without a trailing "_"
-    type: Any  # the type, Annotated and Optional unwrapped
-    optional: bool  # `X | None`
-    markers: tuple[object, ...]
-    required: bool
-
-    def noun(self, default: str) -> str:
-        return next((m for m in self.markers if isinstance(m, str)), default)
-
-
-Overlay = tuple[tuple[str, tuple[object, ...]], ...]  # field name -> extra markers
-
-
-@functools.cache
-def keys_of(cls: type, overlay: Overlay = ()) -> tuple[Key, ...]:
-    """The file keys `cls` declares (DERIVED fields left out), in declaration order."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    extra = dict(overlay)
-    out = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        markers: tuple[object, ...] = ()
-        if typing.get_origin(tp) is typing.Annotated:
-            tp, *meta = typing.get_args(tp)
-            markers = tuple(meta)
-        markers += extra.get(f.name, ())
-        if DERIVED in markers:
-            continue
-        args = typing.get_args(tp)
-        optional = _is_union(tp) and type(None) in args
-        if optional:
-            (tp,) = (a for a in args if a is not type(None))
-        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out.append(
-            Key(
-                name=f.name,
-                key=f.name.rstrip("_"),
-                type=tp,
-                optional=optional,
-                markers=markers,
-                required=no_default,
-            )
-        )
-    return tuple(out)
-
-
-def _is_union(tp: object) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
 def kind_of(value: object) -> str:
@@ -121,6 +65,12 @@ def kind_of(value: object) -> str:
     if value is None:
         return "nothing (null)"
     return f"a {type(value).__name__}"
+
+
+def _shown(value: object) -> str:
+    """A refused scalar as written; anything else by its kind."""
+    plain = isinstance(value, str | int | float) and not isinstance(value, bool)
+    return repr(value) if plain else kind_of(value)
 
 
 def join(base: str, key: str) -> str:
@@ -427,7 +377,7 @@ class Reader:
         try:
             seconds = parse_duration(raw)
         except ValueError:
-            shown = f"{raw!r}" if isinstance(raw, str | int | float) else kind_of(raw)
+            shown = _shown(raw)
             self.fail(
                 path,
                 f"{shown} is not a duration",
@@ -446,7 +396,7 @@ class Reader:
         try:
             size = parse_size(raw)
         except ValueError:
-            shown = f"{raw!r}" if isinstance(raw, str | int | float) else kind_of(raw)
+            shown = _shown(raw)
             hint = "write e.g. 64MiB, 512KiB, 1GiB, 10MB (or a number of bytes)"
             self.fail(path, f"{shown} is not a size", hint)
             return INVALID
@@ -491,7 +441,7 @@ class Reader:
         try:
             return parse_clock(raw)
         except ValueError:
-            shown = f"{raw!r}" if isinstance(raw, str | int | float) else kind_of(raw)
+            shown = _shown(raw)
             self.fail(path, f"{shown} is not a time of day", "write HH:MM, 24-hour, e.g. 22:00")
             return INVALID
 
@@ -506,24 +456,3 @@ class Reader:
                 path, f"unknown time zone {name!r}", "use an IANA name, e.g. Europe/Berlin or UTC"
             )
             return INVALID
-
-
-def file_keys(cls: type, overlays: Mapping[type, Mapping[str, tuple[object, ...]]]) -> list[str]:
-    """Every key path `cls` declares, lists as `[]` and mappings of sections as `.*`."""
-    out: list[str] = []
-
-    def walk(cls: type, base: str) -> None:
-        for k in keys_of(cls, tuple(overlays.get(cls, {}).items())):
-            path = join(base, k.key)
-            out.append(path)
-            tp = k.type
-            args = typing.get_args(tp)
-            if dataclasses.is_dataclass(tp):
-                walk(typing.cast(type, tp), path)
-            elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(args[0]):
-                walk(typing.cast(type, args[0]), path + "[]")
-            elif typing.get_origin(tp) in (Mapping, dict) and dataclasses.is_dataclass(args[1]):
-                walk(typing.cast(type, args[1]), path + ".*")
-
-    walk(cls, "")
-    return out
