@@ -1,7 +1,7 @@
 """The vocabulary `settings` declares keys with: what a field's `Annotated` metadata may say.
 
 Theory: a settings field is one key of the file. Its Python type says what the key holds
-(`bool`, `int`, `float`, `str`, `Path`, `time`, `ZoneInfo`, a tuple of strings, a mapping, a
+(`bool`, `int`, `float`, `str`, `Path`, `time`, `tzinfo`, a tuple of strings, a mapping, a
 nested section, a list of sections); the markers here add what the type cannot say: that a
 float is a duration, an int a size in bytes, the range allowed, that a string is a secret,
 or a check of its own. A plain string in the metadata names one value in messages ("a
