@@ -54,7 +54,8 @@ from typing import Any
 
 import httpx
 
-from runwatch.config.loading import Config, parse_config
+from runwatch.config.loading import parse_config
+from runwatch.config.settings import Config
 from runwatch.core.model import RUNNING
 from runwatch.core.transitions import Fold  # the poller's own page-by-page diff
 from runwatch.logs import configure_logging

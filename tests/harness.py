@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-from runwatch.config.loading import Config, load_config
+from runwatch.config.loading import load_config
+from runwatch.config.settings import ChannelConfig, Config
+from runwatch.delivery.apprise_channel import Channel, build_channels
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
 from runwatch.state.sqlite import SqliteStore
@@ -112,11 +114,18 @@ def write_config(
     return path
 
 
+def apprise_channels(urls: Mapping[str, list[str]]) -> dict[str, Channel]:
+    """Built Apprise channels, one per name, as `build_channels` makes them from a config."""
+    return build_channels(
+        {name: ChannelConfig(kind="apprise", urls=tuple(u)) for name, u in urls.items()}
+    )
+
+
 @contextlib.contextmanager
 def daemon_on(config_path: Path, clock: FakeClock | None = None) -> Iterator[Daemon]:
     """An in-process daemon (not started) with its store open; closed on exit."""
     config: Config = load_config(config_path)
-    with SqliteStore.open(config.state.path) as store:
+    with SqliteStore.open(config.state.sqlite_path()) as store:
         if clock is None:
             yield Daemon(config, store)
         else:

@@ -1,8 +1,9 @@
 """Bad input: malformed configurations, API payloads and templates never crash runwatch.
 
-- Every file of the configuration corpus (tests/configs/bad, see test_config_corpus.py) and a
-  file past 1 MiB, given to the real `runwatch check` process: exit 78, the expected message
-  naming the place, no traceback, no secret.
+- Every file of the configuration corpus (tests/configs/bad, see test_config_corpus.py),
+  given to the real `runwatch check` entry point (all files in one process), and a file past
+  1 MiB to the real command: exit 78, the expected message naming the place, no traceback,
+  no secret.
 - Arbitrary and mutated Run documents, decoded as a page and diffed against known state
   (decode_page + detect_transitions, as a poll does): no exception escapes, an unreadable
   run is skipped and named in the log, and only readable runs make events.
@@ -13,9 +14,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +61,46 @@ def assert_refused(out: Outcome, path: Path, expected: list[str], secrets: list[
 
 # --- configuration corpus, through the real command -----------------------------------------
 
+# Run in ONE interpreter: the real entry point, once per file, each run's exit status, stdout
+# and stderr kept apart. A Python start-up per file would cost ~15 s for the corpus; what is
+# tested is the same (argument parsing, logging set-up, loading, the exit-78 path), and an
+# exception escaping main() is printed as the traceback the test must not find.
+CHECK_EACH = """
+import contextlib, io, json, sys, traceback
+from runwatch.cli.main import main
+
+results = []
+for path in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["check", "-c", path, "--log-format", "json"])
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+json.dump(results, sys.__stdout__)
+"""
+
 
 @pytest.fixture(scope="module")
-def corpus_outcomes() -> Iterator[Mapping[Path, Outcome]]:
-    """`runwatch check` on every corpus file, run a few at a time (each is a Python start-up)."""
-    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 1) * 2)) as pool:
-        yield dict(zip(FILES, pool.map(check, FILES), strict=True))
+def corpus_outcomes() -> Mapping[Path, Outcome]:
+    """`runwatch check` on every corpus file, all in one process started like the command."""
+    env = {**ENVIRON, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK_EACH, *map(str, FILES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    return {
+        path: Outcome(r["code"], r["stdout"], r["stderr"])
+        for path, r in zip(FILES, results, strict=True)
+    }
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

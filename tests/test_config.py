@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import logging
+import re
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runwatch.config.durations import format_duration, parse_duration
-from runwatch.config.loading import (
+from runwatch.config.keys import file_keys
+from runwatch.config.loading import default_state_path, load_config, parse_config
+from runwatch.config.settings import (
+    CORE_FIELDS,
     DEFAULT_ENDPOINT,
     AlertsConfig,
+    ChannelConfig,
     Config,
     DeliveryConfig,
+    DigestConfig,
+    HAConfig,
     HttpConfig,
     PollConfig,
     StateConfig,
     Templates,
     TLSConfig,
     WorkspaceConfig,
-    default_state_path,
-    describe,
-    load_config,
-    parse_config,
 )
 from runwatch.core.rules import Match, Rule
 from runwatch.errors import ConfigError
@@ -83,9 +84,14 @@ def test_it_loads_a_minimal_config_with_every_default() -> None:
                 endpoint=DEFAULT_ENDPOINT,
             ),
         ),
-        channels={"ops": ("json://127.0.0.1:9/hook",)},
+        channels={
+            "ops": ChannelConfig(
+                kind="apprise", urls=("json://127.0.0.1:9/hook",), digest=DigestConfig()
+            )
+        },
         rules=(Rule(name="failures", match=Match(condition=("Failed", "Error")), notify=("ops",)),),
         state=StateConfig(path=Path("/xdg/runwatch/state.db")),
+        ha=HAConfig(),
         poll=PollConfig(),
         delivery=DeliveryConfig(),
         templates=Templates(),
@@ -186,6 +192,7 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
             name="research",
             organization_id="org-research",
             secret_key="research-key-5d6e7f",
+            secret_key_file=tmp_path / "research.key",
             endpoint="http://127.0.0.1:8080",
         ),
     )
@@ -201,10 +208,11 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
         max_requests_per_second=2.5,
         terminal_conditions=("Archived",),
         max_pages=50,
+        max_response_bytes=64 * 1024 * 1024,
     )
     assert config.state == StateConfig(path=tmp_path / "data" / "state.db")
     assert config.tls == TLSConfig(verify=True, ca_bundle=tmp_path / "ca.pem")
-    assert config.channels == {
+    assert {name: channel.urls for name, channel in config.channels.items()} == {
         "ml-slack": (f"slack://T0A1B2C3D/B0A1B2C3D/{SLACK_C}/#ml-runs",),
         "oncall": (
             f"mailtos://alerts:{SMTP_PASSWORD}@smtp.example.com?to=oncall@example.com",
@@ -239,7 +247,8 @@ def test_it_loads_every_key_into_the_exact_dataclasses(tmp_path: Path) -> None:
     assert config.alerts == AlertsConfig(
         notify=("oncall",), api_down_after=300.0, channel_failing_after=3600.0
     )
-    assert config.http == HttpConfig(host="::1", port=0)
+    assert config.http == HttpConfig(listen="[::1]:0")
+    assert (config.http.host, config.http.port) == ("::1", 0)
     assert config.source == path
     assert config.warnings == ()
 
@@ -255,6 +264,8 @@ def test_it_loads_the_annotated_example_file(tmp_path: Path) -> None:
         "SLACK_TOKEN_C": SLACK_C,
         "SMTP_PASSWORD": SMTP_PASSWORD,
         "WEBHOOK_AUTHORIZATION": "Bearer hook-token-8c7b6a",
+        "WEBHOOK_SECRET": "webhook-signing-secret-1",
+        "SLACK_BOT_TOKEN": "xoxb-1111-2222-slack-bot",
         "CREDENTIALS_DIRECTORY": str(tmp_path),
         "HOME": "/home/operator",
     }
@@ -262,28 +273,44 @@ def test_it_loads_the_annotated_example_file(tmp_path: Path) -> None:
     assert [ws.name for ws in config.workspaces] == ["prod", "research"]
     assert config.workspaces[1].organization_id == "research-org"  # from ${VAR:-default}
     assert config.state.path == Path("/var/lib/runwatch/state.db")
-    assert [rule.name for rule in config.rules] == ["failures", "finished", "deletions"]
+    assert [rule.name for rule in config.rules] == [
+        "failures",
+        "finished",
+        "deletions",
+        "stuck-pending",
+    ]
+    assert {name: channel.kind for name, channel in config.channels.items()} == {
+        "ml-slack": "apprise",
+        "oncall": "apprise",
+        "admins": "apprise",
+        "team-email": "apprise",
+        "audit": "webhook",
+        "ml-runs": "slack",
+    }
     assert config.alerts.notify == ("admins",)
-    assert config.http == HttpConfig(host="127.0.0.1", port=9464)
+    assert config.http == HttpConfig(listen="127.0.0.1:9464")
+    assert config.warnings == ()
     for secret in (SECRET_KEY, SLACK_C, SMTP_PASSWORD, "hook-token-8c7b6a", "research-key-0000"):
         assert secret in config.secrets
+    assert {"webhook-signing-secret-1", "xoxb-1111-2222-slack-bot"} <= set(config.secrets)
 
 
 def test_it_documents_every_key_the_loader_accepts() -> None:
-    """Every key the loader knows appears in config.example.yaml."""
-    from runwatch.config import loading as module
-
+    """Every key the settings declare appears in config.example.yaml, under its section."""
     example = (REPO / "config.example.yaml").read_text()
-    known = (
-        module._TOP_KEYS
-        + module._WORKSPACE_KEYS
-        + module._POLL_KEYS
-        + module._RULE_KEYS
-        + module._MATCH_KEYS
-        + ("path", "verify", "ca_bundle", "max_age", "initial_backoff", "max_backoff")
-        + ("timeout", "min_interval", "api_down_after", "channel_failing_after", "listen")
-    )
-    missing = [key for key in known if f"{key}:" not in example]
+    # Top-level sections, written or commented out (`# ha:`), each with the text below it.
+    starts = list(re.finditer(r"^(?:# )?([a-z_]+):", example, re.MULTILINE))
+    sections = {
+        m.group(1): example[m.start() : nxt.start() if nxt else len(example)]
+        for m, nxt in zip(starts, [*starts[1:], None], strict=True)
+    }
+    declared = file_keys(Config, CORE_FIELDS)
+    assert {"workspaces[].enrich.max_metrics", "channels.*.quiet_hours.except"} <= set(declared)
+    missing = [
+        path
+        for path in declared
+        if f"{path.rpartition('.')[2]}:" not in sections.get(re.split(r"[.\[]", path)[0], "")
+    ]
     assert missing == []
 
 
@@ -472,7 +499,7 @@ def test_it_reports_every_problem_together_with_path_and_line() -> None:
         "poll.page_size: 0 is out of range 1..1000 (line 8)",
         "poll.max_attempts: expected an integer, got a boolean (line 9)",
         "rules[0].match.event: unknown event kind 'created' (line 15); "
-        "use one of: transition, new, deleted",
+        "use one of: transition, new, deleted, overdue",
         "rules[0].notify[1]: unknown channel 'oncal' (line 16); channels are: ml-slack, oncall",
         "rules[1].name: duplicate rule name 'failures' (line 17); also rules[0].name",
         "rules[1].notify: must name at least one channel (line 18)",
@@ -528,175 +555,3 @@ def test_it_supports_anchors_and_merge_keys() -> None:
         ("staging", "org-1"),
     ]
     assert config.rules == (Rule(name="all", match=Match(), notify=("ops",)),)
-
-
-# ----------------------------------------------------------------------------- secrets
-
-
-INLINE_SECRETS = config_text(
-    f"""
-    workspaces:
-      - name: prod
-        organization_id: org-1
-        secret_key: {SECRET_KEY}
-    channels:
-      slack: slack://T0A1B2C3D/B0A1B2C3D/{SLACK_C}/#ml
-      mail: mailtos://alerts:{SMTP_PASSWORD}@smtp.example.com?to=a@example.com
-      hook: "json://127.0.0.1:9/hook?+X-Api-Key=header-token-77aa"
-    rules:
-      - name: all
-        notify: [slack, mail, hook]
-    """
-)
-
-
-def test_it_collects_every_secret_for_log_redaction() -> None:
-    """Secret keys, URL passwords, token path segments and header values are all collected."""
-    config = parse_config(INLINE_SECRETS, environ=env())
-    for secret in (SECRET_KEY, SLACK_C, SMTP_PASSWORD, "header-token-77aa"):
-        assert secret in config.secrets
-    assert "smtp.example.com" not in config.secrets
-    assert "a@example.com" not in config.secrets
-
-
-def test_it_warns_when_a_file_with_inline_secrets_is_readable_by_others(tmp_path: Path) -> None:
-    """Inline secrets in a group/world-readable file give one warning naming the file and fix."""
-    path = tmp_path / "runwatch.yaml"
-    path.write_text(INLINE_SECRETS)
-    path.chmod(0o644)
-    (warning,) = load_config(path, environ=env()).warnings
-    assert str(path) in warning
-    assert "chmod 600" in warning
-    assert "workspaces[0].secret_key" in warning
-    assert "channels.mail" in warning
-    assert SECRET_KEY not in warning
-
-
-def test_it_does_not_warn_when_the_file_is_private(tmp_path: Path) -> None:
-    """Mode 600 keeps inline secrets quiet."""
-    path = tmp_path / "runwatch.yaml"
-    path.write_text(INLINE_SECRETS)
-    path.chmod(0o600)
-    assert load_config(path, environ=env()).warnings == ()
-
-
-def test_it_does_not_warn_when_secrets_come_from_the_environment(tmp_path: Path) -> None:
-    """A readable file whose secrets are all ${VAR} references holds no secret."""
-    path = tmp_path / "runwatch.yaml"
-    path.write_text(
-        MINIMAL.replace(
-            "json://127.0.0.1:9/hook",
-            "mailtos://alerts:${SMTP_PASSWORD}@smtp.example.com?to=a@example.com",
-        )
-    )
-    path.chmod(0o644)
-    config = load_config(path, environ=env(SMTP_PASSWORD=SMTP_PASSWORD))
-    assert config.warnings == ()
-    assert SMTP_PASSWORD in config.secrets
-
-
-def test_it_warns_about_tls_verification_off_and_plain_http() -> None:
-    """tls.verify false and a plain-HTTP endpoint to another machine each give a warning."""
-    text = MINIMAL.replace("org-123", "org-123\n    endpoint: http://vi.example.com")
-    config = parse_config(text + "tls: {verify: false}\n", environ=env())
-    assert len(config.warnings) == 2
-    assert "tls.verify is false" in config.warnings[1]
-    assert "workspaces[0].endpoint" in config.warnings[0]
-
-
-def test_it_never_shows_a_secret_in_an_error() -> None:
-    """With secrets inline and from the environment, and misplaced, no error shows one."""
-    text = config_text(
-        f"""
-        workspaces:
-          - name: prod
-            organization_id: org-1
-            secret_key: {SECRET_KEY}
-            secret_key_file: also.key
-          - name: staging
-            organization_id: [{SECRET_KEY}]
-            secret_key: ${{SMTP_PASSWORD}}
-        poll: {{interval: {SECRET_KEY}, page_size: {SLACK_C}}}
-        tls: {{ca_bundle: "${{SMTP_PASSWORD}}"}}
-        http: {{listen: "${{SMTP_PASSWORD}}"}}
-        channels:
-          slack: slack://T0A1B2C3D/bad!token!9/x
-          mail: mailtos://alerts:${{SMTP_PASSWORD}}@smtp.example.com?to=a@example.com
-          odd: "{SLACK_C}://x"
-        rules:
-          - name: all
-            notify: [slakc, 7]
-            title: 5
-        """
-    )
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, environ=env(SMTP_PASSWORD=SMTP_PASSWORD))
-    message = str(caught.value)
-    assert len(caught.value.problems) >= 8
-    for secret in (SECRET_KEY, SLACK_C, SMTP_PASSWORD, "bad!token!9"):
-        assert secret not in message
-
-
-def test_it_does_not_echo_the_source_line_of_a_yaml_error() -> None:
-    """PyYAML quotes the offending line; the loader reports only its position."""
-    text = f"workspaces:\n  - secret_key: {SECRET_KEY}: [\n"
-    problems = problems_of(text)
-    assert len(problems) == 1
-    assert problems[0].startswith("invalid YAML: ")
-    assert "(line 2)" in problems[0]
-    assert SECRET_KEY not in problems[0]
-
-
-@pytest.fixture
-def apprise_records() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger("apprise")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def test_it_keeps_apprise_from_logging_urls_while_checking(
-    apprise_records: list[logging.LogRecord],
-) -> None:
-    """Apprise logs rejected URLs with their tokens; the loader's own checks log nothing."""
-    text = MINIMAL.replace("json://127.0.0.1:9/hook", "slack://T0A1B2C3D/bad!token!9/x")
-    problems = problems_of(text)
-    assert problems == [
-        "channels.ops: Apprise cannot use slack://…: "
-        "An invalid Slack (second) Token (****) was specified. (line 6)"
-    ]
-    assert [r.getMessage() for r in apprise_records] == []
-
-
-def test_it_describes_the_config_without_secrets() -> None:
-    """describe() shows names, ids and privacy-form URLs, with custom header values masked."""
-    text = INLINE_SECRETS + "http: {listen: 0.0.0.0:9464}\nalerts: {notify: mail}\n"
-    lines = describe(parse_config(text, environ=env()))
-    joined = "\n".join(lines)
-    assert "workspace prod: organization org-1, endpoint https://api.vi.datature.com" in lines
-    assert any(
-        line.startswith("channel mail: mailtos://alerts:****@smtp.example.com") for line in lines
-    )
-    assert "X-Api-Key=****" in joined
-    assert "rule all: event=transition|new -> slack, mail, hook" in lines
-    assert "http: listening on 0.0.0.0:9464" in lines
-    for secret in (SECRET_KEY, SLACK_C, SMTP_PASSWORD, "header-token-77aa"):
-        assert secret not in joined
-
-
-def test_it_never_reads_the_process_environment_when_given_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An explicit environ is the only source of ${VAR}s, even if os.environ has the name."""
-    monkeypatch.setenv("DATATURE_VI_SECRET_KEY", "from-the-process")
-    config = parse_config(MINIMAL, environ=env())
-    assert config.workspaces[0].secret_key == SECRET_KEY

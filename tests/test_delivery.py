@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import structlog
-from harness import FakeClock
+from harness import FakeClock, apprise_channels
 from receiver import Receiver
 
-from runwatch.config.loading import DeliveryConfig
+from runwatch.config.settings import DeliveryConfig
 from runwatch.core.model import Condition, Event, OutboxItem
-from runwatch.delivery.apprise_channel import Channel, build_channels, route_apprise_logging
+from runwatch.delivery.apprise_channel import Channel, route_apprise_logging
 from runwatch.delivery.worker import Deliverer
 from runwatch.errors import ConfigError
 from runwatch.state.sqlite import SqliteStore
@@ -93,7 +93,7 @@ async def test_it_sends_a_pending_row_and_marks_it_sent(
 ) -> None:
     """A due row reaches the channel's URL through Apprise and is not sent again."""
     results = Results()
-    channels = build_channels({"ops": [receiver.apprise_url("ops")]})
+    channels = apprise_channels({"ops": [receiver.apprise_url("ops")]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock, on_result=results)
     enqueue(store, clock, ["ops"], ["r1"])
 
@@ -118,7 +118,7 @@ async def test_it_backs_off_a_refusing_channel_while_serving_another(
     """A channel answering 500 is retried with doubling backoff; the other is served meanwhile."""
     receiver.set_mode("fail", "bad")
     results = Results()
-    channels = build_channels(
+    channels = apprise_channels(
         {"bad": [receiver.apprise_url("bad")], "good": [receiver.apprise_url("good")]}
     )
     deliverer = Deliverer(store, channels, CONFIG, clock=clock, on_result=results)
@@ -172,7 +172,7 @@ async def test_it_marks_rows_dead_past_max_age_and_logs_them(
     """Rows that come due older than max_age are dead, logged and counted, and not sent."""
     receiver.set_mode("fail")
     results = Results()
-    channels = build_channels({"bad": [receiver.apprise_url("bad")]})
+    channels = apprise_channels({"bad": [receiver.apprise_url("bad")]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock, on_result=results)
     enqueue(store, clock, ["bad"], ["r0", "r1"])
     await deliverer.deliver_due()
@@ -205,7 +205,7 @@ async def test_it_marks_a_row_dead_when_it_fails_past_max_age(
     results = Results()
     with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, build_channels({"slow": [receiver.apprise_url()]}), config, on_result=results
+            store, apprise_channels({"slow": [receiver.apprise_url()]}), config, on_result=results
         )
         # The real clock: the row ages while the send hangs for its timeout.
         enqueue(store, FakeClock(time.time()), ["slow"], ["r0"])
@@ -227,7 +227,7 @@ async def test_it_times_out_a_hanging_channel_without_delaying_another(
     config = DeliveryConfig(
         max_age=3_600.0, initial_backoff=30.0, max_backoff=240.0, timeout=1.0, min_interval=0.0
     )
-    channels = build_channels(
+    channels = apprise_channels(
         {"a-stuck": [receiver.apprise_url("stuck")], "z-good": [receiver.apprise_url("good")]}
     )
     deliverer = Deliverer(store, channels, config, clock=clock)
@@ -250,7 +250,7 @@ async def test_it_times_out_a_hanging_channel_without_delaying_another(
 
 async def test_it_fails_cleanly_on_an_unreachable_url(store: SqliteStore, clock: FakeClock) -> None:
     """A URL nobody listens on is a failed attempt with a retry, not an exception."""
-    channels = build_channels({"void": ["json://127.0.0.1:1/"]})
+    channels = apprise_channels({"void": ["json://127.0.0.1:1/"]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock)
     enqueue(store, clock, ["void"], ["r0"])
 
@@ -268,7 +268,7 @@ async def test_it_requires_every_url_of_a_channel_to_succeed(
 ) -> None:
     """A channel with one refusing URL out of two is a failure, retried later (at-least-once)."""
     receiver.set_mode("fail", "b")
-    channels = build_channels({"pair": [receiver.apprise_url("a"), receiver.apprise_url("b")]})
+    channels = apprise_channels({"pair": [receiver.apprise_url("a"), receiver.apprise_url("b")]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock)
     enqueue(store, clock, ["pair"], ["r0"])
 
@@ -287,7 +287,7 @@ async def test_it_paces_sends_on_one_channel(
 ) -> None:
     """Two sends on a channel are at least min_interval apart; other channels are not paced."""
     config = DeliveryConfig(min_interval=2.0, timeout=5.0)
-    channels = build_channels({"ops": [receiver.apprise_url("ops")]})
+    channels = apprise_channels({"ops": [receiver.apprise_url("ops")]})
     deliverer = Deliverer(store, channels, config, clock=clock)
     enqueue(store, clock, ["ops"], ["r0", "r1", "r2"])
 
@@ -311,7 +311,7 @@ async def test_it_keeps_rows_of_an_unconfigured_channel_pending(
     assert store.outbox_stats(int(clock() * 1000)).pending_by_channel == {"gone": 1}
     assert deliverer.next_due_in() is None  # nothing it could send: no busy loop
 
-    deliverer.replace_channels(build_channels({"gone": [receiver.apprise_url("back")]}), CONFIG)
+    deliverer.replace_channels(apprise_channels({"gone": [receiver.apprise_url("back")]}), CONFIG)
     assert deliverer.next_due_in() == 0.0
     assert await deliverer.deliver_due() == 1
     assert titles(receiver.wait_for(1, path="back")) == ["r0 failed"]
@@ -321,7 +321,7 @@ async def test_it_runs_until_stopped_and_wakes_on_demand(
     store: SqliteStore, clock: FakeClock, receiver: Receiver
 ) -> None:
     """The loop delivers what is committed when woken, and returns once stop is set."""
-    channels = build_channels({"ops": [receiver.apprise_url("ops")]})
+    channels = apprise_channels({"ops": [receiver.apprise_url("ops")]})
     deliverer = Deliverer(store, channels, CONFIG, clock=clock)
     stop, wake = asyncio.Event(), asyncio.Event()
     running = asyncio.ensure_future(deliverer.run(stop, wake))
@@ -340,7 +340,7 @@ async def test_it_runs_until_stopped_and_wakes_on_demand(
 
 def test_it_masks_secrets_in_privacy_urls(receiver: Receiver) -> None:
     """Passwords, tokens and custom header values never appear in a channel's printable URLs."""
-    channel = build_channels(
+    channel = apprise_channels(
         {
             "mixed": [
                 f"json://user:pa55word@127.0.0.1:{receiver.port}/hook?+X-Token=s3cr3t-header",
@@ -357,7 +357,7 @@ def test_it_masks_secrets_in_privacy_urls(receiver: Receiver) -> None:
 
 async def test_it_keeps_header_secrets_out_of_send_results(receiver: Receiver) -> None:
     """A send's detail (which is logged and stored) names the URL without its header value."""
-    channel = build_channels(
+    channel = apprise_channels(
         {"hook": [f"json://127.0.0.1:{receiver.port}/hook?+X-Token=s3cr3t-header"]}
     )["hook"]
     receiver.set_mode("fail")
@@ -370,7 +370,7 @@ async def test_it_keeps_header_secrets_out_of_send_results(receiver: Receiver) -
 def test_it_reports_every_unusable_url_as_a_config_error() -> None:
     """Unknown schemas and malformed URLs are named by key path, without quoting the URL."""
     with pytest.raises(ConfigError) as raised:
-        build_channels(
+        apprise_channels(
             {
                 "ok": ["json://127.0.0.1:9/"],
                 "typo": ["slakc://TokenA/TokenB/TokenC"],
@@ -390,7 +390,7 @@ def test_it_reports_every_unusable_url_as_a_config_error() -> None:
 
 def test_it_builds_one_apprise_object_per_channel_without_apprise_pacing() -> None:
     """Each channel gets its own Apprise object, and no service sleeps between its sends."""
-    channels = build_channels(
+    channels = apprise_channels(
         {
             "mail": ["mailto://127.0.0.1:9?from=runwatch@example.com&to=ops@example.com"],
             "slack": ["slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ml-runs"],

@@ -13,11 +13,10 @@ from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
-from harness import FakeClock
+from harness import FakeClock, apprise_channels
 
-from runwatch.config.loading import DeliveryConfig
+from runwatch.config.settings import DeliveryConfig
 from runwatch.core.model import Condition, Event, OutboxItem
-from runwatch.delivery.apprise_channel import build_channels
 from runwatch.delivery.worker import Deliverer
 from runwatch.state.sqlite import SqliteStore
 from runwatch.state.store import PollCommit
@@ -101,7 +100,7 @@ async def test_it_sends_markdown_as_a_multipart_email(
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
     with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, build_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
+            store, apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1"])
 
@@ -128,7 +127,7 @@ async def test_it_sends_emails_back_to_back_without_apprise_pacing(
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
     with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, build_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
+            store, apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1", "r2", "r3"])
 

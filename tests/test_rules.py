@@ -136,3 +136,18 @@ def test_it_routes_by_event_kind_and_condition(event: Event, channels: list[str]
 def test_it_routes_nowhere_without_rules() -> None:
     """No rules, no deliveries."""
     assert route(FAILURE, ()) == []
+
+
+@pytest.mark.parametrize("event", [FAILURE, NEW, DELETED], ids=["transition", "new", "deleted"])
+def test_it_never_routes_a_change_through_a_time_in_state_rule(event: Event) -> None:
+    """A rule with for or stalled_for hears only of overdue events, whatever else it names."""
+    rules = (
+        Rule(name="stuck", match=Match(for_=7200.0), notify=("pager",)),
+        Rule(
+            name="stalled",
+            match=Match(stalled_for=3600.0, event=("transition", "new", "deleted")),
+            notify=("pager", "email"),
+        ),
+        Rule(name="all", match=Match(event=("transition", "new", "deleted")), notify=("ops",)),
+    )
+    assert [r.channel for r in route(event, rules)] == ["ops"]

@@ -13,7 +13,7 @@ import structlog
 
 from runwatch.cli.signals import install_signal_handlers
 from runwatch.cli.startup import load
-from runwatch.config.loading import Config
+from runwatch.config.settings import Config
 from runwatch.service.daemon import Daemon
 from runwatch.service.http import HealthServer
 from runwatch.service.sdnotify import Notifier
@@ -33,7 +33,8 @@ def run(config: Config, config_path: Path) -> int:
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
-        with SqliteStore.open(config.state.path) as store, writer_lock(config.state.path):
+        path = config.state.sqlite_path()
+        with SqliteStore.open(path) as store, writer_lock(path):
             daemon = Daemon(config, store, notifier=Notifier())
             server = None
             if config.http is not None:
@@ -83,10 +84,11 @@ def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> 
 
     async def main() -> int:
         if dry_run:
-            store = SqliteStore.open_read_only(config.state.path) or SqliteStore.empty()
+            store = SqliteStore.open_read_only(config.state.sqlite_path()) or SqliteStore.empty()
             with store:
                 return await _dry_run(config, store, out)
-        with SqliteStore.open(config.state.path) as store, writer_lock(config.state.path):
+        path = config.state.sqlite_path()
+        with SqliteStore.open(path) as store, writer_lock(path):
             return await _once(config, store, out)
 
     return asyncio.run(main())

@@ -132,7 +132,7 @@ async def play(
         out.flush()
         stop = asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, None)
-        with SqliteStore.open(config.state.path) as store:
+        with SqliteStore.open(config.state.sqlite_path()) as store:
             daemon = Daemon(config, store)
             story = _story(sim)
             task = asyncio.create_task(daemon.run(stop))

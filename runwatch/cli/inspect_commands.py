@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from runwatch.cli.startup import load
-from runwatch.config.loading import Config, describe
+from runwatch.config.describe import describe
+from runwatch.config.settings import Config
 from runwatch.core.compose import outbox_items
 from runwatch.core.render import flavour_for, sample_events
-from runwatch.delivery.apprise_channel import build_channels
+from runwatch.delivery.apprise_channel import build_channels, unsupported
 from runwatch.state.sqlite import SqliteStore
 
 __all__ = ["check", "load", "notify_test", "runs"]
@@ -22,7 +23,7 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
     """Print what the configuration means; every template was already rendered by the loader."""
     for line in describe(config):
         print(line, file=out)
-    flavours = {name: flavour_for(list(urls)) for name, urls in config.channels.items()}
+    flavours = {name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()}
     items = outbox_items(
         sample_events(), rules=config.rules, templates=config.templates, flavours=flavours
     )
@@ -43,7 +44,8 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
             file=out,
         )
         return 2
-    channels = build_channels({n: config.channels[n] for n in (names or list(config.channels))})
+    chosen = {n: config.channels[n] for n in (names or list(config.channels))}
+    channels = build_channels(chosen)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
     async def main() -> list[tuple[str, bool, str]]:
@@ -62,7 +64,9 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
         return [(r.channel, r.ok, r.detail) for r in results]
 
     failed = 0
-    for name, ok, detail in asyncio.run(main()):
+    results = asyncio.run(main())
+    results += [(n, False, why) for n, ch in chosen.items() if (why := unsupported(ch))]
+    for name, ok, detail in results:
         failed += not ok
         print(f"{name}: {'OK' if ok else 'FAILED'} {detail}", file=out)
     return 1 if failed else 0
@@ -70,9 +74,9 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
 
 def runs(config: Config, out: TextIO = sys.stdout) -> int:
     names = {ws.organization_id: ws.name for ws in config.workspaces}
-    store = SqliteStore.open_read_only(config.state.path)
+    store = SqliteStore.open_read_only(config.state.sqlite_path())
     if store is None:
-        print(f"no state file at {config.state.path} yet: nothing is tracked", file=out)
+        print(f"no state file at {config.state.sqlite_path()} yet: nothing is tracked", file=out)
         return 0
     with store:
         states = store.tracked_runs()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import structlog
 
-from runwatch.config.loading import Config, load_config
+from runwatch.config.loading import load_config
+from runwatch.config.settings import Config
 from runwatch.delivery.apprise_channel import route_apprise_logging
 from runwatch.delivery.console import register_console_schema
 from runwatch.logs import register_secrets

@@ -3,7 +3,9 @@
 Theory: the text is composed into YAML nodes (never constructed blindly: a tag other than the
 plain ones is refused, not obeyed), walked once into plain values while a map from key path to
 line is kept, and `${VAR}` references in string scalars are replaced, remembering which parts
-came from the environment (they may be secrets, and are not "written in the file"). Duplicate
+came from the environment (they may be secrets, and are not "written in the file"). An
+unset variable is recorded, not yet reported: the reader knows whether the value is a secret
+that may be missing (`need_secrets=False`). Duplicate
 keys, which PyYAML silently lets win, are refused, and so is a document whose aliases expand
 it past `_MAX_NODES` values. Every problem goes into `Problems` with its key path and line;
 none stops the others.
@@ -14,11 +16,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runwatch.config.keys import SECRET_NOT_LOADED
 
 
 class Problems:
@@ -99,6 +103,10 @@ class Document:
     masked: dict[str, str]  # for those paths: the value with environment parts masked
     env_values: dict[str, list[str]]  # for those paths: the values taken from the environment
     broken: set[str]  # paths already reported (a failed ${VAR}): no further complaints
+    # Paths with an unset ${VAR}, each with its messages, not yet reported: the reader
+    # reports them unless the value is a secret that is not needed (`need_secrets=False`).
+    # The variable's place holds SECRET_NOT_LOADED.
+    unset: dict[str, list[str]] = field(default_factory=dict)
 
     def as_written(self, path: str, value: str) -> str:
         """`value` (found at `path`) with every part that came from the environment masked."""
@@ -168,6 +176,9 @@ def compose(text: str, problems: Problems, environ: Mapping[str, str]) -> Docume
         assert isinstance(node, ScalarNode)
         if node.tag == _YAML + "timestamp":
             return node.value  # no key holds a date; `2024-06-01` in a glob or name is text
+        if node.tag in (_YAML + "int", _YAML + "float") and ":" in node.value:
+            # YAML 1.1 reads `22:00` as sexagesimal 1320; no key holds one, a time of day does.
+            return node.value
         try:
             value = loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:  # e.g. `!!int abc`
@@ -186,6 +197,9 @@ def compose(text: str, problems: Problems, environ: Mapping[str, str]) -> Docume
             doc.env_values[path] = sub.env_values
         for error in sub.errors:
             problems.add(path, error, line=doc.lines.get(path))
+            doc.broken.add(path)
+        if sub.unset:
+            doc.unset[path] = sub.unset
             doc.broken.add(path)
         return sub.value
 
@@ -232,6 +246,7 @@ class _Substitution:
     env_values: list[str]
     references: bool
     errors: list[str]
+    unset: list[str]  # the messages for unset variables (their place holds SECRET_NOT_LOADED)
 
 
 def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
@@ -240,6 +255,7 @@ def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
     masked: list[str] = []
     env_values: list[str] = []
     errors: list[str] = []
+    unset: list[str] = []
     references = False
     pos = 0
     for m in _REFERENCE.finditer(text):
@@ -265,7 +281,9 @@ def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
             out.append(default)
             masked.append(default)  # a default is written in the file itself
         elif value is None:
-            errors.append(f"environment variable {name} is not set (or write ${{{name}:-default}})")
+            unset.append(f"environment variable {name} is not set (or write ${{{name}:-default}})")
+            out.append(SECRET_NOT_LOADED)
+            masked.append(FROM_ENV)
         else:
             out.append(value)
             masked.append(FROM_ENV)
@@ -278,4 +296,5 @@ def _substitute(text: str, environ: Mapping[str, str]) -> _Substitution:
         env_values=env_values,
         references=references,
         errors=errors,
+        unset=unset,
     )

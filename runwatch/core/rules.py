@@ -5,7 +5,8 @@ the values of one criterion are ORed, string criteria are shell globs). An event
 union of the channels of every matching rule, each channel once; when two rules send to the
 same channel, the first rule in file order provides the message templates. Deletions are
 only sent by rules that name `event: deleted` explicitly: a missing `event` criterion means
-"transition or new".
+"transition or new". A time-in-state rule (`for` / `stalled_for`) never matches a
+transition, new or deleted event: it is about time passing, and hears only of `overdue`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ class Match:
     training_project: tuple[str, ...] = ()  # globs on the training project
     attributes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     event: tuple[EventKind, ...] = ()  # () means ("transition", "new")
+    for_: float | None = None  # seconds in the current condition before an overdue event
+    stalled_for: float | None = None  # seconds without any change before an overdue event
+
+    @property
+    def timed(self) -> bool:
+        """True for a time-in-state rule: it only ever matches overdue events."""
+        return self.for_ is not None or self.stalled_for is not None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,6 +51,7 @@ class Rule:
     notify: tuple[str, ...]  # channel names, validated against `channels` at load time
     title: str | None = None  # Jinja2 template source overriding the default title
     body: str | None = None  # Jinja2 template source overriding the default body
+    repeat: float | None = None  # seconds between reminders while a timed rule still holds
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,6 +81,8 @@ def route(event: Event, rules: tuple[Rule, ...] | list[Rule]) -> list[Route]:
 
 def matches(match: Match, event: Event) -> bool:
     """True when every criterion `match` names accepts `event`."""
+    if match.timed and event.kind != "overdue":
+        return False  # a time-in-state rule is about time passing, never about a change
     if event.kind not in (match.event or _DEFAULT_KINDS):
         return False
     # A deleted run has no current condition; its criteria look at the last one known.

@@ -23,6 +23,7 @@ from runwatch.config.apprise_urls import (
     secret_forms,
     short_form,
 )
+from runwatch.config.settings import ChannelConfig
 from runwatch.errors import ConfigError
 
 # Apprise stops waiting at `timeout` and reports TIMEOUT; this margin on top of it lets that
@@ -123,19 +124,31 @@ class Channel:
         return SendResult(channel=self.name, ok=ok, detail=detail)
 
 
-def build_channels(channels: Mapping[str, Sequence[str]]) -> dict[str, Channel]:
-    """One Channel per configured name; raises ConfigError naming every unusable URL."""
+def build_channels(channels: Mapping[str, ChannelConfig]) -> dict[str, Channel]:
+    """One Channel per configured Apprise channel; raises ConfigError naming every unusable URL.
+
+    Webhook and Slack channels are not deliverable yet and are left out (see `unsupported`).
+    """
     asset = make_asset()
     built: dict[str, Channel] = {}
     problems: list[str] = []
-    for name, urls in channels.items():
+    for name, channel in channels.items():
+        if channel.kind != "apprise":
+            continue
         try:
-            built[name] = Channel(name, urls, asset=asset)
+            built[name] = Channel(name, channel.urls, asset=asset)
         except ConfigError as e:
             problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
     return built
+
+
+def unsupported(channel: ChannelConfig) -> str | None:
+    """Why `channel` cannot be delivered to (yet), or None when it can."""
+    if channel.kind == "apprise":
+        return None
+    return f"channel kind {channel.kind} is not supported yet"
 
 
 def route_apprise_logging() -> None:

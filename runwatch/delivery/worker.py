@@ -26,7 +26,7 @@ from typing import Literal
 import structlog
 
 from runwatch.clock import SYSTEM_CLOCK, Clock
-from runwatch.config.loading import DeliveryConfig
+from runwatch.config.settings import DeliveryConfig
 from runwatch.delivery.apprise_channel import Channel
 from runwatch.errors import StoreError
 from runwatch.state.store import OutboxRow, StateStore

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from runwatch.clock import Clock
-from runwatch.config.loading import Config, WorkspaceConfig
+from runwatch.config.settings import Config, WorkspaceConfig
 from runwatch.core.compose import outbox_items
 from runwatch.core.model import OutboxItem
 from runwatch.core.render import Flavour, flavour_for
@@ -87,7 +87,7 @@ class PollCycle:
             self.known.clear()  # indexed by what is finished: re-read under the new set
         self.terminal = terminal
         self.flavours: dict[str, Flavour] = {
-            name: flavour_for(list(urls)) for name, urls in config.channels.items()
+            name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()
         }
         old = list(self.clients.values())
         self.clients = {ws.name: self._client(ws) for ws in config.workspaces}

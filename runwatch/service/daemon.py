@@ -22,7 +22,7 @@ from collections.abc import Callable
 import structlog
 
 from runwatch.clock import SYSTEM_CLOCK, Clock
-from runwatch.config.loading import Config
+from runwatch.config.settings import Config
 from runwatch.core.alerts import Thresholds
 from runwatch.core.run_index import RunIndex
 from runwatch.delivery.apprise_channel import build_channels
