@@ -9,11 +9,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from harness import daemon_on, write_config
-from runwatch.cli.commands import notify_test
-from structlog.testing import capture_logs
 from test_config import config_text, env
 
+from runwatch.cli.inspect_commands import notify_test
 from runwatch.config.describe import describe
 from runwatch.config.loading import load_config
 from runwatch.config.settings import (
@@ -26,7 +24,6 @@ from runwatch.config.settings import (
 )
 from runwatch.delivery.apprise_channel import build_channels
 from runwatch.errors import ConfigError
-from runwatch.simulator.server import Simulator
 
 SLACK_TOKEN = "xoxb-1234-5678-abcdefghijkl"
 HOOK_SECRET = "hook-signing-secret-91ab"
@@ -332,26 +329,4 @@ def test_it_builds_only_apprise_channels_and_says_the_others_are_not_supported(
     assert out.getvalue().splitlines() == [
         "hook: FAILED channel kind webhook is not supported yet",
         "team: FAILED channel kind slack is not supported yet",
-    ]
-
-
-def test_it_starts_a_daemon_that_says_which_channels_it_cannot_deliver_to(tmp_path: Path) -> None:
-    """The daemon builds the Apprise channel and logs a warning naming each other kind."""
-    webhook = {"webhook": {"url": "https://h.example.com", "secret": HOOK_SECRET}}
-    channels = {"ops": "json://127.0.0.1:9/a", "hook": webhook}
-    with (
-        Simulator(runs=2, active=1, seed=1) as sim,
-        capture_logs() as logs,
-        daemon_on(write_config(tmp_path, sim, channels=channels)) as daemon,
-    ):
-        assert list(daemon.channels) == ["ops"]
-    warnings = [e for e in logs if e["event"] == "channel.unsupported"]
-    assert warnings == [
-        {
-            "event": "channel.unsupported",
-            "log_level": "warning",
-            "channel": "hook",
-            "kind": "webhook",
-            "message": "channel kind webhook is not supported yet",
-        }
     ]
