@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from runwatch.clock import Clock
-from runwatch.config.settings import Config, WorkspaceConfig
-from runwatch.core.compose import outbox_items
+from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
+from runwatch.core.compose import Destination, outbox_items
 from runwatch.core.model import OutboxItem
-from runwatch.core.render import Flavour, flavour_for
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
+from runwatch.delivery.lanes import flavour_of, targets_of
 from runwatch.errors import (
     StoreError,
     ViAuthError,
@@ -86,9 +86,7 @@ class PollCycle:
         if terminal != getattr(self, "terminal", terminal):
             self.known.clear()  # indexed by what is finished: re-read under the new set
         self.terminal = terminal
-        self.flavours: dict[str, Flavour] = {
-            name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()
-        }
+        self.destinations = destinations(config.channels)
         old = list(self.clients.values())
         self.clients = {ws.name: self._client(ws) for ws in config.workspaces}
         return old
@@ -129,7 +127,8 @@ class PollCycle:
             outcome.diff.events,
             rules=self.config.rules,
             templates=self.config.templates,
-            flavours=self.flavours,
+            destinations=self.destinations,
+            console_urls={ws.name: ws.console_url for ws in self.config.workspaces},
         )
 
     async def poll(self, ws: WorkspaceConfig, *, commit: bool = True) -> WorkspacePoll:
@@ -301,6 +300,17 @@ class PollCycle:
         return {
             ws.name: len(self.known.get(ws.organization_id, {})) for ws in self.config.workspaces
         }
+
+
+def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination]:
+    """How each channel's rows are written, and for which of its targets."""
+    return {
+        name: Destination(
+            flavour="webhook" if channel.kind == "webhook" else flavour_of(channel),
+            targets=targets_of(channel),
+        )
+        for name, channel in channels.items()
+    }
 
 
 def settle_heap() -> None:
