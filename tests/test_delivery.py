@@ -649,3 +649,43 @@ def test_it_stays_at_warning_behind_a_handler_that_writes_lower(
     apprise_logger.handlers[:] = [handler]
     route_apprise_logging()
     assert apprise_logger.level == logging.WARNING
+
+
+class Recording:
+    """A target that accepts everything and remembers what it got (the worker is under test)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Outgoing] = []
+
+    def describe(self) -> str:
+        return "recording"
+
+    async def send(self, message: Outgoing, *, timeout: float) -> SendOutcome:
+        self.messages.append(message)
+        return SendOutcome(verdict="ok")
+
+
+async def test_it_coalesces_a_runs_pending_rows_into_one_send_when_the_channel_asks(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    """A coalescing channel gets one send per run: the latest row's text, carrying every row."""
+    target = Recording()
+    policy = {"team": ChannelPolicy(flavour="markdown", min_interval=0.0, coalesce=True)}
+    deliverer = Deliverer(store, {("team", "slack"): target}, policy, CONFIG, clock=clock)
+    now_ms = int(clock() * 1000)
+    items = [
+        OutboxItem(
+            event_key=f"k{i}", channel="team", target="slack", title=f"t{i}", body=f"b{i}",
+            notify_type="info", run_key=run, condition="Running",
+        )
+        for i, run in enumerate(["a", "a", "b", "a"])
+    ]  # fmt: skip
+    store.enqueue(items, now_ms)
+
+    assert await deliverer.deliver_due() == 4
+
+    assert [(m.body, tuple(m.event_keys), tuple(m.parts)) for m in target.messages] == [
+        ("b3", ("k0", "k1", "k3"), ("b0", "b1", "b3")),
+        ("b2", ("k2",), ("b2",)),
+    ]
+    assert store.outbox_stats(now_ms).pending == 0

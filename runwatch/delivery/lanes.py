@@ -28,6 +28,7 @@ class ChannelPolicy:
     min_interval: float  # seconds between two messages on one lane
     digest: DigestConfig | None = None
     quiet_hours: QuietHours | None = None
+    coalesce: bool = False  # a run's due rows go as one send carrying all (native Slack)
 
 
 def targets_of(channel: ChannelConfig) -> tuple[str, ...]:

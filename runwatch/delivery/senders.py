@@ -32,6 +32,10 @@ class Outgoing:
     body: str
     notify_type: str
     event_keys: Sequence[str] = field(default_factory=tuple)  # the rows it carries
+    # The bodies of the rows it carries, oldest first, when a channel coalesces a run's
+    # pending rows into one send (the native Slack channel: only the latest state is shown,
+    # but each failure among them still gets its thread reply).
+    parts: Sequence[str] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -146,6 +146,8 @@ class Deliverer:
         return await self._send_singles(lane, due, policy)
 
     async def _send_singles(self, lane: Lane, due: list[OutboxRow], policy: ChannelPolicy) -> int:
+        if policy.coalesce:
+            return await self._send_coalesced(lane, due, policy)
         sent = 0
         failed_runs: set[str] = set()
         for row in due:
@@ -165,6 +167,27 @@ class Deliverer:
                 sent += 1
             else:
                 failed_runs.add(row.run_key)
+        return sent
+
+    async def _send_coalesced(
+        self, lane: Lane, due: list[OutboxRow], policy: ChannelPolicy
+    ) -> int:
+        """Each run's due rows as one send: the latest row's message, carrying them all."""
+        by_run: dict[str, list[OutboxRow]] = {}
+        for row in due:
+            by_run.setdefault(row.run_key, []).append(row)
+        sent = 0
+        for rows in by_run.values():
+            last = rows[-1]
+            message = Outgoing(
+                title=last.title,
+                body=last.body,
+                notify_type=last.notify_type,
+                event_keys=tuple(r.event_key for r in rows),
+                parts=tuple(r.body for r in rows),
+            )
+            if await self._send(lane, rows, message, policy):
+                sent += len(rows)
         return sent
 
     async def _send_digest(self, lane: Lane, due: list[OutboxRow], policy: ChannelPolicy) -> int:
