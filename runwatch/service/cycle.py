@@ -27,7 +27,7 @@ import structlog
 from runwatch.clock import Clock
 from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
 from runwatch.core.compose import Destination, outbox_items
-from runwatch.core.model import OutboxItem
+from runwatch.core.model import OutboxItem, RunState
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
 from runwatch.delivery.lanes import flavour_of, targets_of
@@ -142,8 +142,15 @@ class PollCycle:
             plan = self.plan(meta, now_ms)
             kind = plan.kind
             known = self._known(ws.organization_id)
+            org = ws.organization_id
             outcome = await poll_workspace(
-                self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
+                self.clients[ws.name],
+                known,
+                workspace=ws.name,
+                plan=plan,
+                now_ms=now_ms,
+                load=lambda run_ids: self._store.load_run_states(org, run_ids),
+                flush=self._baseline_part(known, org) if commit else _discard,
             )
             items = self.compose(outcome)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
@@ -187,7 +194,7 @@ class PollCycle:
         index = self.known.get(organization_id)
         if index is None:
             index = self.known[organization_id] = RunIndex(
-                self._store.load_runs(organization_id),
+                self._store.iter_runs(organization_id),
                 terminal=self.terminal,
                 tombstones=self._store.load_tombstones(organization_id),
             )
@@ -241,6 +248,16 @@ class PollCycle:
             "polling resumes then"
         )
         return PollReport(workspace=ws.name, ok=False, kind="deferred", error=error)
+
+    def _baseline_part(self, known: RunIndex, org: str) -> Callable[[Sequence[RunState]], None]:
+        def flush(states: Sequence[RunState]) -> None:
+            # A part of a baseline, recorded silently; if the baseline fails later, the next
+            # poll is a baseline again and these rows are simply recorded once more.
+            self._store.record_runs(org, states)
+            for state in states:
+                known.record(state)
+
+        return flush
 
     def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
         if isinstance(exc, ViError | StoreError):
@@ -301,6 +318,10 @@ class PollCycle:
         return {
             ws.name: len(self.known.get(ws.organization_id, {})) for ws in self.config.workspaces
         }
+
+
+def _discard(states: Sequence[RunState]) -> None:
+    """A dry run's baseline parts: nothing is recorded, and nothing needs to be kept."""
 
 
 def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination]:

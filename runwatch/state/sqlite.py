@@ -290,6 +290,42 @@ class SqliteStore:
             )
             return {row[1]: run_from_row(row) for row in rows}
 
+    def iter_runs(self, organization_id: str) -> Iterator[RunState]:
+        """Every tracked run of a workspace (tombstones aside), one at a time: building the
+        index of 100,000 runs never holds them all at once."""
+        with self.reading("reading runs") as conn, gc_paused():
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE organization_id = ? AND deleted_at IS NULL",
+                (organization_id,),
+            )
+            while rows := cursor.fetchmany(1_000):
+                yield from map(run_from_row, rows)
+
+    def load_run_states(self, organization_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
+        """The stored states of these runs of a workspace (those it has), by run id."""
+        found: dict[str, RunState] = {}
+        with self.reading("reading runs") as conn:
+            for start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[start : start + 500])
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ? "
+                    f"AND deleted_at IS NULL AND run_id IN ({marks})",
+                    (organization_id, *chunk),
+                ):
+                    found[row[1]] = run_from_row(row)
+        return found
+
+    def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None:
+        """Write run states alone, in one transaction: a part of a baseline (no events, no
+        bookkeeping: the baseline counts as done when its last part commits with it)."""
+        with self.writing(f"recording runs of {organization_id}") as tx:
+            tx.executemany(
+                f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
+                (run_params(run) for run in states),
+            )
+
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]:
         """The runs of a workspace confirmed deleted and still remembered, by run id."""
         with self.reading("reading runs"):
