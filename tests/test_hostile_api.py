@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from harness import FakeClock, daemon_on, write_config
 from receiver import Receiver
 
@@ -237,7 +238,10 @@ async def test_it_ignores_a_lagging_replica_showing_an_older_generation(
         for _ in range(2):
             await cycle(daemon, clock)
         state = daemon.store.load_runs(sim.organization_id)[run_id]
-    assert titles(receiver) == [f"new {run_id} Pending Reached", f"transition {run_id} Failed Reached"]
+    assert titles(receiver) == [
+        f"new {run_id} Pending Reached",
+        f"transition {run_id} Failed Reached",
+    ]
     assert state.latest is not None and state.latest.condition == FAILED
 
 
@@ -328,3 +332,38 @@ async def test_it_counts_unknown_conditions_under_one_label(
         body = daemon.metrics.render().decode()
     lines = [line for line in body.splitlines() if line.startswith("runwatch_transitions_total{")]
     assert lines == ['runwatch_transitions_total{condition="other",workspace="prod"} 50.0']
+
+
+# --- a bug in one poll is a failed poll -----------------------------------------------------------
+
+
+async def test_it_counts_an_unexpected_exception_in_a_poll_as_a_failed_poll(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a poll raises fails that poll (logged with its traceback, counted); the next
+    poll runs as usual and reports what changed meanwhile."""
+    import runwatch.service.cycle as cycle_module
+
+    real = cycle_module.poll_workspace
+    calls = {"n": 0}
+
+    async def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        return await real(*args, **kwargs)
+
+    async with watched(tmp_path, receiver) as (sim, daemon, clock):
+        monkeypatch.setattr(cycle_module, "poll_workspace", broken_once)
+        run_id = sim.create_run(condition=FAILED)
+        with structlog.testing.capture_logs() as logs:
+            ok, _, error = await cycle(daemon, clock)
+        assert not ok and error == "internal error (RuntimeError); see the log"
+        assert any(e["event"] == "poll.crashed" and e.get("exc_info") for e in logs)
+        failures = daemon.metrics.registry.get_sample_value(
+            "runwatch_poll_failures_total", {"workspace": "prod", "reason": "internal"}
+        )
+        assert failures == 1
+        ok, _, error = await cycle(daemon, clock)
+    assert ok, error
+    assert titles(receiver) == [f"new {run_id} Failed Reached"]
