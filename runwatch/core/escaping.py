@@ -113,16 +113,16 @@ def escape_markdown(text: str, *, line_start: bool = True) -> str:
 
 def _escape_block_start(text: str) -> str:
     stripped = text.lstrip(" ")
-    if len(stripped) != len(text):
-        # Four spaces open an indented code block; no-break spaces look the same and open
-        # nothing in either converter.
-        return "\u00a0" * (len(text) - len(stripped)) + stripped
-    if text.startswith("#") or _LIST_OR_RULE.match(text):
-        return "\\" + text
-    ordered = _ORDERED.match(text)
+    # Four spaces open an indented code block; no-break spaces look the same and open
+    # nothing in either converter. What follows is escaped all the same: a caller that
+    # strips the message (str.strip() takes no-break spaces too) must not bare a `#`.
+    indent = "\u00a0" * (len(text) - len(stripped))
+    if stripped.startswith("#") or _LIST_OR_RULE.match(stripped):
+        return f"{indent}\\{stripped}"
+    ordered = _ORDERED.match(stripped)
     if ordered:
-        return f"{ordered.group()}\\{text[ordered.end() :]}"
-    return text
+        return f"{indent}{ordered.group()}\\{stripped[ordered.end() :]}"
+    return indent + stripped
 
 
 def escape(value: object, flavour: Flavour, *, line_start: bool = True) -> str:
@@ -142,7 +142,11 @@ def escape(value: object, flavour: Flavour, *, line_start: bool = True) -> str:
 
 def strong(value: object, flavour: Flavour) -> Trusted:
     """`value` in bold: `**x**` in Markdown, `*x*` in Slack, plain in text."""
-    inner = escape(value, flavour, line_start=False).strip()
+    if isinstance(value, Trusted) or value is None:
+        inner = escape(value, flavour).strip()
+    else:
+        # Stripped before escaping: a backslash left last by the strip would escape the mark.
+        inner = escape(str(value).strip(), flavour, line_start=False)
     if not inner or flavour == "text":
         return Trusted(inner)
     mark = "**" if flavour == "markdown" else "*"
