@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import replace
-from html.parser import HTMLParser
 from typing import Any
 
 import apprise
@@ -16,6 +15,7 @@ from apprise.conversion import markdown_to_html
 from apprise.plugins.slack import NotifySlack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from markup import DISGUISED, HOSTILE, HTML_ATTACKS, MENTIONS, Html
 from receiver import Receiver
 from smtp_server import Mailbox
 
@@ -35,15 +35,6 @@ from runwatch.core.model import Condition, Enrichment, Event
 from runwatch.core.render import render, sample_events
 
 TRANSITION, NEW, DELETED, OVERDUE = sample_events()
-MENTIONS = ("<!channel>", "<!everyone>", "<!here>", "<@U123ABC>", "<#C0123|general>")
-DISGUISED = "<http://evil.example|click here>"
-HTML_ATTACKS = (
-    "<script>alert(1)</script>",
-    '<img src="http://track.example/p.gif">',
-    '<a href="http://phish.example">your bank</a>',
-)
-HOSTILE = " ".join((*MENTIONS, DISGUISED, *HTML_ATTACKS, "**bold** _it_ `code` [x](http://evil)"))
-
 FRAGMENTS = [
     *MENTIONS,
     DISGUISED,
@@ -103,35 +94,6 @@ FRAGMENTS = [
     "[1]: http://evil.example",
 ]
 hostile_text = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=10).map("".join)
-
-
-class Html(HTMLParser):
-    """The elements and the text of an HTML fragment."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-        self.feed(source)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-    def handle_comment(self, data: str) -> None:
-        self.tags.append(("!--", {}))
-
-    def handle_decl(self, decl: str) -> None:
-        self.tags.append(("!", {}))
-
-    def unknown_decl(self, data: str) -> None:
-        self.tags.append(("!", {}))
-
-    def handle_pi(self, data: str) -> None:
-        self.tags.append(("?", {}))
 
 
 def words(text: str) -> str:
