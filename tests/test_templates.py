@@ -3,6 +3,8 @@ mistakes are reported."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -166,3 +168,27 @@ def test_it_refuses_the_safe_filter() -> None:
     error = validate_template("{{ message|safe }}")
 
     assert error is not None and error.startswith("line 1: No filter named 'safe'.")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{% filter replace("\\\\", "") %}{{ reason }}{% endfilter %}',
+        "{% filter wordwrap(5) %}{{ message }}{% endfilter %}",
+        "{% set x | upper %}{{ reason }}{% endset %}{{ x }}",
+    ],
+)
+def test_it_refuses_filter_blocks_that_would_write_unescaped_text(template: str) -> None:
+    """A filter block's result skips the escaping of values; it is refused at load."""
+    error = validate_template(template)
+
+    assert error is not None and "filter blocks are not allowed" in error
+    assert render(TRANSITION, body=template).body == render(TRANSITION).body
+
+
+def test_it_writes_a_captured_block_once_escaped() -> None:
+    """`{% set x %}...{% endset %}` holds escaped output; writing it does not escape it twice."""
+    event = replace(TRANSITION, flow_name="<@U1> *x*")
+    body = "{% set line %}**{{ flow }}**{% endset %}{{ line }} {{ line|length > 0 }}"
+
+    assert render(event, body=body).body == "**\\<@U1\\> \\*x\\*** True"

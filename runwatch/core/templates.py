@@ -10,7 +10,8 @@ its flavour: Jinja's `finalize` hook passes every `{{ ... }}` output through
 `escaping.escape`, which leaves `Trusted` markup alone and escapes everything else. So a
 template's literal text is markup, `{{ x|strong }}` and `{{ url|link("text") }}` are markup
 (they escape their own inputs), and every other value, a string literal in an expression
-included (as with Jinja's autoescape), is text. None renders as nothing.
+included (as with Jinja's autoescape), is text. None renders as nothing. Filter blocks,
+whose output skips `finalize`, are refused (see `_TemplateSandbox._parse`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -43,6 +44,7 @@ _SIZED_FILTERS = frozenset({"center", "indent", "wordwrap", "format", "truncate"
 # `safe` would say "this value is markup"; it knows HTML only, and here it would do nothing
 # (its result is escaped like any value), so it is refused rather than silently ignored.
 _REMOVED_FILTERS = ("safe",)
+_CAPTURE = "captured output"  # not a name a template can write
 
 
 def _small_number(value: Any) -> bool:
@@ -83,6 +85,31 @@ class _TemplateSandbox(ImmutableSandboxedEnvironment):
                     f"a template may not build more than {MAX_RENDERED_CHARS} characters"
                 )
         return super().call_binop(context, operator, left, right)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The parsed template, with the two blocks that would bypass `finalize` dealt with.
+
+        A `{% filter %}` block writes its filter's result straight out, unescaped, after its
+        content was escaped: `replace("\\", "")` or `wordwrap` would undo the escaping. It
+        is refused, as is `{% set x | f %}...{% endset %}`; a filter applies to a value,
+        `{{ reason|upper }}`. A plain `{% set x %}...{% endset %}` captures output that is
+        already escaped, so the capture is marked Trusted (through a filter no template can
+        name) rather than escaped a second time when `{{ x }}` writes it.
+        """
+        tree = super()._parse(source, name, filename)
+        filtered: list[nodes.Node] = [*tree.find_all(nodes.FilterBlock)]
+        filtered += [b for b in tree.find_all(nodes.AssignBlock) if b.filter is not None]
+        if filtered:
+            raise TemplateSyntaxError(
+                "filter blocks are not allowed; apply the filter to a value instead, "
+                "e.g. {{ reason|upper }}",
+                min(block.lineno for block in filtered),
+                name,
+                filename,
+            )
+        for block in tree.find_all(nodes.AssignBlock):
+            block.filter = nodes.Filter(None, _CAPTURE, [], [], None, None, lineno=block.lineno)
+        return tree
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(__obj, Undefined):
@@ -141,6 +168,7 @@ def _environment(flavour: Flavour, field: Field) -> _TemplateSandbox:
         env.filters.pop(name, None)
     env.filters["strong"] = strong
     env.filters["link"] = link
+    env.filters[_CAPTURE] = escaping.Trusted
     for name, fn in list(env.filters.items()):
         env.filters[name] = _bounded_filter(name, fn)
     return env
