@@ -31,6 +31,7 @@ from runwatch.core.escaping import (
     link,
     strong,
 )
+from runwatch.core.links import href
 from runwatch.core.model import Condition, Enrichment, Event
 from runwatch.core.render import render, sample_events
 
@@ -255,9 +256,8 @@ def test_it_writes_any_text_as_one_harmless_line_in_the_text_flavour(text: str) 
 # ----------------------------------------------------------------------------- every field
 
 
-def hostile_event(kind: str) -> Event:
-    """An event of `kind` whose every text from the API is hostile."""
-    h = HOSTILE + "\n# heading\n---\n> quote"
+def hostile_event(kind: str, h: str = HOSTILE + "\n# heading\n---\n> quote") -> Event:
+    """An event of `kind` whose every text from the API is `h`."""
     seen = Condition(condition=h, status=h, last_transition_time=1_000, reason=h, message=h)
     return Event(
         kind=kind,  # type: ignore[arg-type]
@@ -294,22 +294,40 @@ def every_value(context: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("kind", ["transition", "new", "deleted", "overdue"])
-def test_it_escapes_every_value_of_the_context(kind: str) -> None:
-    """Whatever field of the event the API text is in, it is text in HTML and in Slack."""
-    event = hostile_event(kind)
-    template = every_value(template_context(event, "markdown"))
+KINDS = ["transition", "new", "deleted", "overdue"]
 
+
+def assert_text_everywhere(event: Event) -> None:
+    """Every value of the context, and the defaults, are text in HTML and in Slack."""
+    template = every_value(template_context(event, "markdown"))
+    # The only links: the console, and the run's log when the API gives it as an http(s) URL
+    # (the default body links it on purpose).
     console = "https://vi.datature.com/org/org-1"
+    log = href(event.log or "")
+    hrefs = {console, log}
+    entities = {f"<{console}|Console>", f"<{log}|Log>"}
     for message in (render(event, title=template, body=template), render(event)):
         # A service without a title field gets the title as a heading over the body.
         for part in (f"# {message.title}", message.body):
             html = Html(markdown_to_html(part))
-            links = [attrs.get("href") for tag, attrs in html.tags if tag == "a"]
+            links = {attrs.get("href") for tag, attrs in html.tags if tag == "a"}
             assert {tag for tag, _ in html.tags} <= {"h1", "p", "br", "strong", "a"}, part
-            assert links in ([], [console])
+            assert links <= hrefs
             mrkdwn = NotifySlack._commonmark_to_slack(part)
-            assert re.findall("<[^>]*>", mrkdwn) in ([], [f"<{console}|Console>"])
+            assert set(re.findall("<[^>]*>", mrkdwn)) <= entities
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_it_escapes_every_value_of_the_context(kind: str) -> None:
+    """Whatever field of the event the API text is in, it is text in HTML and in Slack."""
+    assert_text_everywhere(hostile_event(kind))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), text=hostile_text)
+def test_it_escapes_any_text_in_any_field(kind: str, text: str) -> None:
+    """The same for any text in every field at once."""
+    assert_text_everywhere(hostile_event(kind, text))
 
 
 # ----------------------------------------------------------------------------- for real
