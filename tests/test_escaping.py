@@ -195,7 +195,16 @@ def test_it_escapes_what_a_filter_made_of_trusted_markup() -> None:
 def test_it_links_only_http_urls(url: str) -> None:
     """Anything but an http(s) URL with a plain host is shown as text, not linked."""
     assert link(url, "Log", "markdown") == f"Log: {escape_markdown(url, line_start=False)}"
-    assert strong("", "markdown") == ""
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_it_writes_nothing_for_a_missing_link_or_empty_bold(flavour: Flavour) -> None:
+    """No "Log: " without a log, no `****` around nothing."""
+    assert (
+        render(replace(TRANSITION, log=None), body="{{ log|link('Log') }}", flavour=flavour).body
+        == ""
+    )
+    assert strong("", flavour) == strong(None, flavour) == ""
 
 
 # ----------------------------------------------------------------------------- properties

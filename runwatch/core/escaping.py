@@ -14,24 +14,26 @@ overrides become U+FFFD, so no terminal escape, header injection or right-to-lef
 survives. Then:
 
 - "markdown", what Apprise receives for every service (`body_format=MARKDOWN`). Two
-  converters read it and both must show the text literally. Python-Markdown (mailto://,
-  every HTML service; Apprise allows a backslash before any ASCII punctuation and writes
-  the character as text) and Apprise's own CommonMark-to-mrkdwn converter for Slack
-  (`NotifySlack._commonmark_to_slack`: `\\<` and `\\>` become `&lt;` `&gt;`, `\\[ \\] \\( \\)
-  \\! \\#` plain characters, a bare `&` `&amp;`, every other pair is kept as is, and a raw
-  `<` is passed on raw, which is how `<!channel>` reached Slack). So: `\\ * ` [ ] < > |` get
-  a backslash wherever they are (a backslash only where it could escape what follows, so
-  `C:\\data` stays as it is); `_` and `~` unless inside a word (`snake_case` stays, as both
-  converters and Slack leave intraword underscores alone); `&` as `&amp;` where it would
-  start an entity (`&lt;`, `&#x202e;`: Python-Markdown passes entities on, and mail clients
-  decode them); and at the start of a value, what would open a block (`#`, `- `, `+ `,
-  `1. `, `---`, `===`, leading spaces of an indented code block, as no-break spaces). A
-  value can land at the start of a line (`{{ message }}` alone on one), so this is done
-  for body values; a title is one line after a heading marker or a plain field, so titles
-  skip it (`line_start=False`).
-  What Slack makes of the result: no mention, channel ping or link can be formed, since
-  `<` never reaches it raw. Slack's mrkdwn has no escape for `* _ ~ \\``, so Slack may show
-  the backslash Apprise keeps before them; that is the price of one body for every service.
+  converters read it, and both must show the text literally: Python-Markdown, as Apprise
+  configures it for mailto:// and every HTML service (a backslash may escape any ASCII
+  punctuation, which is then written as text), and Apprise's own CommonMark-to-mrkdwn
+  converter for Slack (`NotifySlack._commonmark_to_slack`: `\\<` and `\\>` become `&lt;`
+  and `&gt;`; `\\[`, `\\]`, `\\(`, `\\)`, `\\!`, `\\#` plain characters; a bare `&`
+  `&amp;`; any other escape pair is kept as it is; and a raw `<` is passed on raw, which is
+  how `<!channel>` reached Slack). So a backslash goes before `*`, backticks, `[`, `]`,
+  `<`, `>` and `|` wherever they are, before a backslash where it could escape what
+  follows (`C:\\data` stays as it is), and before `_` and `~` unless inside a word
+  (`snake_case` stays: neither converter nor Slack reads an intraword underscore). An `&`
+  that would start an entity (`&lt;`, `&#x202e;`) becomes `&amp;`, since Python-Markdown
+  passes entities on and mail clients decode them. At the start of a value, what would
+  open a block is escaped too (`#`, `- `, `+ `, `1. `, `---`, `===`; leading spaces,
+  which would open an indented code block, become no-break spaces): a value may land at
+  the start of a line (`{{ message }}` alone on one). Titles skip this (`line_start=False`):
+  a title is a plain field, or one line after the heading marker Apprise puts before it.
+  What Slack makes of the result: no mention, channel ping or link can be formed, as `<`
+  never reaches it raw. Slack documents no escape for `*`, `_`, `~` and backticks, so it
+  is shown the backslash Apprise keeps before them, and where its renderer ignores that
+  backslash it may still format such text; that is what one body for every service costs.
 - "slack", for a channel that writes Slack's mrkdwn itself: `&`, `<`, `>` as `&amp;`,
   `&lt;`, `&gt;` (`escape_slack`), which is all Slack's parser gives meaning to.
 - "text", for the terminal: no markup, so nothing but `clean_text`.
@@ -158,7 +160,9 @@ def link(url: object, label: object, flavour: Flavour) -> Trusted:
 
     Plain text has no links: the bare URL is what terminals and mail clients make clickable.
     """
-    target = href(str(url)) if url is not None else None
+    if url is None or url == "":
+        return Trusted("")  # nothing to point to: nothing to show
+    target = href(str(url))
     shown = None if label is None else escape(label, flavour, line_start=False)
     if target is None or flavour == "text":
         text = escape(url if target is None else target, flavour, line_start=False)
