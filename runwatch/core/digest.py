@@ -66,8 +66,9 @@ def compose_digest(
 ) -> Message:
     """One message for `events` (send order) and the titles `others` of non-run messages.
 
-    `workspace_label` names where the runs are in the title; default the workspace's name,
-    or "2 workspaces".
+    `others` are plain text, as the alerts hold them (they are escaped here, like every
+    value). `workspace_label` names where the runs are in the title; default the name of
+    the one workspace, of the two, or "in 3 workspaces".
     """
     runs = _runs(events)
     counts = Counter(run.state for run in runs)
