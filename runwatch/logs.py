@@ -47,6 +47,7 @@ _secrets_lock = threading.Lock()
 # Swapped as a whole on registration, so the logging threads never see a half-built one.
 _redactor = Redactor()
 _handler: logging.Handler | None = None
+_secretive_handler: logging.Handler | None = None
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
@@ -164,23 +165,26 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
 
-    global _handler
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *finishing,
-                _redacting(renderer),
-            ],
-        )
+    global _handler, _secretive_handler
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *finishing,
+            _redacting(renderer),
+        ],
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    # The libraries that log secrets below WARNING get a handler of their own that never
+    # writes below WARNING, whatever their loggers' level (Apprise's is DEBUG so that each
+    # send can read its own details back; see delivery.apprise_channel).
+    secretive_handler = logging.StreamHandler(out)
+    secretive_handler.setFormatter(formatter)
+    secretive_handler.setLevel(max(numeric, logging.WARNING))
     root = logging.getLogger()
-    if _handler is not None:
-        for name in ("", *_ALWAYS_WARNING):
-            logging.getLogger(name).removeHandler(_handler)
-    _handler = handler
+    _remove_handlers()
+    _handler, _secretive_handler = handler, secretive_handler
     root.addHandler(handler)
     root.setLevel(numeric)
 
@@ -192,20 +196,29 @@ def configure_logging(
     for name in _ALWAYS_WARNING:
         secretive = logging.getLogger(name)
         secretive.setLevel(max(numeric, logging.WARNING))
-        secretive.addHandler(handler)
+        for other in [h for h in secretive.handlers if getattr(h, "runwatch_forwarder", False)]:
+            secretive.removeHandler(other)  # a stand-in from before logging was set up
+        secretive.addHandler(secretive_handler)
         secretive.propagate = False
+
+
+def _remove_handlers() -> None:
+    global _handler, _secretive_handler
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+    if _secretive_handler is not None:
+        for name in _ALWAYS_WARNING:
+            logging.getLogger(name).removeHandler(_secretive_handler)
+    _handler = _secretive_handler = None
 
 
 def reset_logging() -> None:
     """Undo `configure_logging` and forget the registered secrets (for tests)."""
-    global _handler, _redactor
+    global _redactor
     with _secrets_lock:
         _redactor = Redactor()
     structlog.reset_defaults()
-    if _handler is not None:
-        for name in ("", *_ALWAYS_WARNING):
-            logging.getLogger(name).removeHandler(_handler)
-        _handler = None
+    _remove_handlers()
     for name in (*_QUIET_UNLESS_DEBUG, *_ALWAYS_WARNING):
         logging.getLogger(name).setLevel(logging.NOTSET)
     for name in _ALWAYS_WARNING:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -25,11 +26,13 @@ from typing import Any
 import yaml
 
 from runwatch.config.loading import load_config
-from runwatch.config.settings import ChannelConfig, Config
-from runwatch.delivery.apprise_channel import Channel, build_channels
+from runwatch.config.settings import ChannelConfig, Config, DeliveryConfig
+from runwatch.delivery.lanes import ChannelPolicy, build_senders, policies
+from runwatch.delivery.senders import Sender
 from runwatch.service.daemon import Daemon
 from runwatch.simulator.server import Simulator
 from runwatch.state.sqlite import SqliteStore
+from runwatch.state.store import Lane, OutboxRow
 
 
 class FakeClock:
@@ -73,14 +76,15 @@ def write_config(
     tmp_path: Path,
     sim: Simulator,
     *,
-    channels: Mapping[str, str | list[str]],
+    channels: Mapping[str, str | list[str] | dict[str, Any]],
     rules: list[dict[str, Any]] | None = None,
     name: str = "prod",
     **sections: Any,
 ) -> Path:
     """A config file for one workspace on `sim`; `sections` override poll/delivery/alerts/...
 
-    Defaults suit tests: no pacing between sends, short backoff, a small page size.
+    Defaults suit tests: no pacing between sends, short backoff, a small page size, and no
+    digests for channels given by URL (pass a channel's mapping form to have one).
     """
     data: dict[str, Any] = {
         "workspaces": [
@@ -99,7 +103,11 @@ def write_config(
             "max_retry_time": "5s",
         },
         "state": {"path": str(tmp_path / "state.db")},
-        "channels": dict(channels),
+        # Tests count messages one by one: channels given by URL get no digest unless asked.
+        "channels": {
+            name: {"urls": value, "digest": False} if isinstance(value, str | list) else value
+            for name, value in channels.items()
+        },
         "rules": rules or [{"name": "all", "match": {}, "notify": sorted(channels)}],
         "delivery": {"min_interval": "0s", "initial_backoff": "1s", "max_backoff": "1m"},
     }
@@ -114,11 +122,15 @@ def write_config(
     return path
 
 
-def apprise_channels(urls: Mapping[str, list[str]]) -> dict[str, Channel]:
-    """Built Apprise channels, one per name, as `build_channels` makes them from a config."""
-    return build_channels(
-        {name: ChannelConfig(kind="apprise", urls=tuple(u)) for name, u in urls.items()}
-    )
+def apprise_channels(
+    urls: Mapping[str, list[str]], **policy: Any
+) -> tuple[dict[Lane, Sender], dict[str, ChannelPolicy]]:
+    """The senders of Apprise channels, one per URL, and their policies, as a config makes
+    them; `policy` sets ChannelConfig fields (digest, min_interval, quiet_hours)."""
+    channels = {
+        name: ChannelConfig(kind="apprise", urls=tuple(u), **policy) for name, u in urls.items()
+    }
+    return build_senders(channels), policies(channels, DeliveryConfig(min_interval=0.0))
 
 
 @contextlib.contextmanager
@@ -189,8 +201,20 @@ class DaemonProcess:
     context manager it kills a daemon still running on exit, so a failed test leaves none.
     """
 
-    def __init__(self, config: Path, *extra: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        file_limit: int | None = None,
+    ) -> None:
+        """`file_limit`: the daemon's open-file limit, soft and hard (it cannot raise it)."""
         command = ["run", "-c", str(config), "--log-format", "json", *extra]
+
+        def limit_files() -> None:
+            if file_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runwatch", *command],
             stdin=subprocess.DEVNULL,
@@ -198,6 +222,7 @@ class DaemonProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=cli_env(env),
+            preexec_fn=limit_files if file_limit is not None else None,
         )
         self._lines: list[str] = []
         self._logs: list[dict[str, Any]] = []
@@ -281,6 +306,14 @@ class DaemonProcess:
             )
         return found[count - 1]
 
+    def peak_rss_kib(self) -> int:
+        """The daemon's peak resident set size so far (VmHWM), in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc")
+
     def signal(self, sig: Signals) -> None:
         self.proc.send_signal(sig)
 
@@ -304,3 +337,9 @@ class DaemonProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.kill()  # a no-op signal for a daemon that has exited already
+
+
+def next_pending(store: SqliteStore, channel: str) -> OutboxRow | None:
+    """The channel's oldest pending row, whichever target it is for."""
+    rows = store.outbox.rows(states=("pending",), channel=channel, limit=1)
+    return rows[0] if rows else None

@@ -1,8 +1,10 @@
 """A loopback HTTP receiver for tests: what Apprise's json:// and form:// services deliver.
 
 A `ThreadingHTTPServer` on 127.0.0.1 with a free port, in a thread. Each path (or the whole
-server) can be told to accept ("ok", HTTP 200), refuse ("fail", HTTP 500) or hang ("hang":
-read the request and never answer until the receiver closes). Tests wait for deliveries with
+server) can be told to accept ("ok", HTTP 200), refuse ("fail", HTTP 500; "reject", HTTP 400,
+for good), hang ("hang": read the request and never answer until the receiver closes), or
+drop ("drop": read the request, then close the connection without an answer; the message
+counts as received, since the service got it). Tests wait for deliveries with
 `wait_for`, a condition wait with a deadline, never a sleep.
 """
 
@@ -15,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
-Mode = Literal["ok", "fail", "hang"]
+Mode = Literal["ok", "fail", "reject", "hang", "drop"]
 
 
 class Receiver:
@@ -25,6 +27,7 @@ class Receiver:
         """Listen on 127.0.0.1:`port`; 0, the default, is any free port."""
         self.received: list[dict[str, Any]] = []  # accepted messages ("ok"), arrival order
         self.requests: list[dict[str, Any]] = []  # every POST, whatever the answer
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # every POST's headers and bytes
         self._modes: dict[str | None, Mode] = {None: "ok"}
         self._changed = threading.Condition()
         self._closing = threading.Event()
@@ -60,7 +63,7 @@ class Receiver:
         return f"json://127.0.0.1:{self.port}/{path.lstrip('/')}"
 
     def set_mode(self, mode: Mode, path: str | None = None) -> None:
-        """Answer requests to `path` (every path when None) with 200, 500, or never."""
+        """Answer requests to `path` (every path when None) as `mode` says (see the module)."""
         with self._changed:
             if path is None:
                 self._modes = {None: mode}
@@ -91,6 +94,10 @@ class Receiver:
                 )
             return matching()
 
+    def _raw(self, headers: dict[str, str], body: bytes) -> None:
+        with self._changed:
+            self.raw.append((headers, body))
+
     def _record(self, message: dict[str, Any], accepted: bool) -> None:
         with self._changed:
             self.requests.append(message)
@@ -115,15 +122,23 @@ class Receiver:
                 path = urllib.parse.urlsplit(self.path).path
                 message = _decode(raw, self.headers.get("Content-Type") or "")
                 message["path"] = path
+                receiver._raw(dict(self.headers.items()), data)
                 mode = receiver._mode(path)
                 if mode == "hang":
                     receiver._record(message, accepted=False)
                     receiver._closing.wait()
                     self.close_connection = True
                     return
+                if mode == "drop":
+                    receiver._record(message, accepted=True)
+                    self.close_connection = True
+                    return
                 accepted = mode == "ok"
                 receiver._record(message, accepted=accepted)
-                self._answer(200 if accepted else 500, b"{}" if accepted else b"refused")
+                if accepted:
+                    self._answer(200, b"{}")
+                else:
+                    self._answer(400 if mode == "reject" else 500, b"refused")
 
             def do_GET(self) -> None:
                 self._answer(200, b"ok")

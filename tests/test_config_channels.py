@@ -22,7 +22,7 @@ from runwatch.config.settings import (
     SlackConfig,
     WebhookConfig,
 )
-from runwatch.delivery.apprise_channel import build_channels
+from runwatch.delivery.lanes import build_senders
 from runwatch.errors import ConfigError
 
 SLACK_TOKEN = "xoxb-1234-5678-abcdefghijkl"
@@ -313,20 +313,20 @@ def test_it_warns_about_a_webhook_secret_written_inline(tmp_path: Path) -> None:
     assert HOOK_SECRET not in warning and SLACK_TOKEN not in warning
 
 
-def test_it_builds_only_apprise_channels_and_says_the_others_are_not_supported(
+def test_it_builds_webhook_senders_and_says_slack_is_not_supported_yet(
     tmp_path: Path,
 ) -> None:
-    """build_channels skips webhook and Slack channels; notify-test reports them as failed."""
+    """A webhook channel gets a sender of its own; notify-test reports a Slack one failed."""
     text = with_channels(
-        "  hook: {webhook: {url: 'https://h.example.com', secret: '${HOOK_SECRET}'}}\n"
+        "  hook: {webhook: {url: 'http://127.0.0.1:9/hook', secret: '${HOOK_SECRET}'}}\n"
         "  team: {slack: {token: '${SLACK_TOKEN}', channel: '#ml'}}",
         notify="[hook, team]",
     )
     config = load(tmp_path, text)
-    assert build_channels(config.channels) == {}
+    assert set(build_senders(config.channels)) == {("hook", "webhook")}
     out = io.StringIO()
     assert notify_test(config, [], out=out) == 1
-    assert out.getvalue().splitlines() == [
-        "hook: FAILED channel kind webhook is not supported yet",
-        "team: FAILED channel kind slack is not supported yet",
-    ]
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("hook: FAILED http://127.0.0.1:9/hook: ConnectError")
+    assert lines[1] == "team: FAILED channel kind slack is not supported yet"
+    assert HOOK_SECRET not in out.getvalue()

@@ -58,7 +58,7 @@ async def test_it_sends_markdown_as_a_multipart_email(
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
     with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
+            store, *apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1"])
 
@@ -85,7 +85,7 @@ async def test_it_sends_emails_back_to_back_without_apprise_pacing(
     config = DeliveryConfig(timeout=10.0, min_interval=0.0)
     with SqliteStore.open(tmp_path / "state.db") as store:
         deliverer = Deliverer(
-            store, apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
+            store, *apprise_channels({"oncall": [url]}), config, clock=FakeClock(T0 / 1000)
         )
         commit_failures(store, ["r1", "r2", "r3"])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import DaemonProcess, FakeClock, daemon_on, wait_until, write_config
+from harness import DaemonProcess, FakeClock, daemon_on, next_pending, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
 from structlog.testing import capture_logs
@@ -275,7 +275,7 @@ def pending_rows(cfg: Path) -> tuple[int, str | None, int | None]:
     """(pending count, the slow channel's head row title, its attempts) from the state file."""
     with SqliteStore.open(load_config(cfg).state.path) as store:
         stats = store.outbox_stats(int(time.time() * 1000))
-        row = store.next_pending("slow")
+        row = next_pending(store, "slow")
     return stats.pending, None if row is None else row.title, None if row is None else row.attempts
 
 
@@ -405,7 +405,7 @@ async def test_it_counts_what_happened_in_the_metrics(tmp_path: Path, receiver: 
             sim.append_condition(sim.active_run_ids()[0], "Running")
             clock.advance(30)
             await daemon.poll_cycle()  # two transitions
-            assert await daemon.deliver_once() == 2  # hook takes both; broken refuses its first
+            assert await daemon.deliver_once() == 2  # hook takes both; broken refuses both
             good_poll_at = clock.now  # the last successful poll's time
             clock.advance(30)
             sim.set_outage(True)
@@ -439,7 +439,7 @@ async def test_it_counts_what_happened_in_the_metrics(tmp_path: Path, receiver: 
     assert value("runwatch_transitions_total", workspace="prod", condition="Failed") == 1
     assert value("runwatch_transitions_total", workspace="prod", condition="Running") == 1
     assert value("runwatch_notifications_total", channel="hook", result="sent") == 2
-    assert value("runwatch_notifications_total", channel="broken", result="failed") == 1
+    assert value("runwatch_notifications_total", channel="broken", result="failed") == 2
     assert value("runwatch_notifications_total", channel="broken", result="sent") == 0
     assert value("runwatch_outbox_pending") == 2  # broken holds both of its rows
     oldest = value("runwatch_outbox_oldest_pending_seconds")

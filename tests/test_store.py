@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import next_pending
 
 from runwatch.core.model import Condition, Event, OutboxItem, RunState
 from runwatch.errors import StoreError
@@ -111,7 +112,7 @@ def test_it_creates_the_schema_on_first_open(db: Path) -> None:
         meta = store.workspace(ORG)
         assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (None,) * 3
         assert store.load_runs(ORG) == {}
-        assert store.pending_channels() == []
+        assert store.outbox.lanes() == []
     assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert query(db, "PRAGMA journal_mode") == [("wal",)]
     tables = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -141,7 +142,7 @@ def test_it_keeps_state_across_a_reopen(db: Path) -> None:
         assert set(before) == {"r1", "r2"}
         meta = store.workspace(ORG)
         assert (meta.baselined_at, meta.last_full_listing, meta.last_success) == (T0, T0, T0)
-        row = store.next_pending("slack")
+        row = next_pending(store, "slack")
         assert row is not None
         assert (row.event_key, row.title, row.created_at, row.attempts) == (ev.key, "title", T0, 0)
         assert store.get_meta("alerts") == '{"down": {}}'
@@ -263,7 +264,7 @@ def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
         outbox=[item(ev, "slack", "first"), item(ev, "slack", "second")],
     )
     assert store.commit_poll(commit) == 1
-    row = store.next_pending("slack")
+    row = next_pending(store, "slack")
     assert row is not None and row.title == "first"
 
 
@@ -302,7 +303,7 @@ def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
     assert store.load_runs(ORG) == {"r1": run("r1")}
     assert store.workspace(ORG).last_full_listing is None
     assert store.workspace(ORG).last_success == T0
-    assert store.pending_channels() == []
+    assert store.outbox.lanes() == []
     # The event was not recorded either: the same transition, seen again, is sent.
     assert (
         store.commit_poll(
@@ -314,8 +315,8 @@ def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
     )
 
 
-def test_it_serves_each_channel_oldest_first(store: SqliteStore) -> None:
-    """Each channel's head is its oldest pending row, and a row waiting to retry stays head."""
+def test_it_serves_each_lane_oldest_first(store: SqliteStore) -> None:
+    """Each lane's pending rows come oldest first, and a row waiting to retry stays first."""
     events = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
     for i, ev in enumerate(events):
         store.commit_poll(
@@ -326,11 +327,11 @@ def test_it_serves_each_channel_oldest_first(store: SqliteStore) -> None:
                 outbox=[item(ev, "slack"), item(ev, "email")],
             )
         )
-    assert store.pending_channels() == ["email", "slack"]
-    head = store.next_pending("slack")
+    assert store.outbox.lanes() == [("email", ""), ("slack", "")]
+    head = next_pending(store, "slack")
     assert head is not None and head.run_key == f"{ORG}/r0"
-    store.mark_retry(head.id, T0 + 10, T0 + 1_000, "json://127.0.0.1:1/: FAILURE")
-    retried = store.next_pending("slack")
+    store.outbox.mark_retry([head.id], T0 + 10, T0 + 1_000, "json://127.0.0.1:1/: FAILURE")
+    retried = next_pending(store, "slack")
     assert retried is not None
     assert (retried.id, retried.attempts, retried.next_attempt_at, retried.last_error) == (
         head.id,
@@ -338,10 +339,10 @@ def test_it_serves_each_channel_oldest_first(store: SqliteStore) -> None:
         T0 + 1_000,
         "json://127.0.0.1:1/: FAILURE",
     )
-    store.mark_sent(head.id, T0 + 1_000)
-    second = store.next_pending("slack")
+    store.outbox.mark_sent([head.id], T0 + 1_000)
+    second = next_pending(store, "slack")
     assert second is not None and second.run_key == f"{ORG}/r1"
-    email = store.next_pending("email")
+    email = next_pending(store, "email")
     assert email is not None and email.run_key == f"{ORG}/r0"
 
 
@@ -356,12 +357,12 @@ def test_it_counts_pending_and_dead_rows(store: SqliteStore) -> None:
             outbox=[item(e, "slack") for e in evs] + [item(evs[0], "email")],
         )
     )
-    first = store.next_pending("slack")
+    first = next_pending(store, "slack")
     assert first is not None
-    store.mark_dead(first.id, T0 + 5, "expired", attempted=True)
-    sent = store.next_pending("email")
+    store.outbox.mark_given_up([first.id], T0 + 5, "expired", state="dead", attempted=True)
+    sent = next_pending(store, "email")
     assert sent is not None
-    store.mark_sent(sent.id, T0 + 5)
+    store.outbox.mark_sent([sent.id], T0 + 5)
     stats = store.outbox_stats(T0 + 90_000)
     assert (stats.pending, stats.dead) == (2, 1)
     assert stats.pending_by_channel == {"slack": 2}
@@ -384,13 +385,13 @@ def test_it_prunes_old_sent_rows_and_events_but_keeps_dead_ones(store: SqliteSto
             outbox=[item(sent_ev, "slack"), item(dead_ev, "email")],
         )
     )
-    for channel, mark in (("slack", store.mark_sent), ("email", None)):
-        row = store.next_pending(channel)
+    for channel in ("slack", "email"):
+        row = next_pending(store, channel)
         assert row is not None
-        if mark:
-            mark(row.id, T0)
+        if channel == "slack":
+            store.outbox.mark_sent([row.id], T0)
         else:
-            store.mark_dead(row.id, T0, "gave up")
+            store.outbox.mark_given_up([row.id], T0, "gave up", state="dead", attempted=False)
     later = T0 + RETENTION_MS + DAY_MS
     store.commit_poll(
         PollCommit(

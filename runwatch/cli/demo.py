@@ -34,7 +34,7 @@ workspaces:
 poll: {{interval: {interval}s, page_size: 5, request_timeout: 5s, full_resync: 1m}}
 state: {{path: {state}}}
 channels:
-  console: console://
+  console: {{urls: "console://", digest: false}}
 rules:
   - name: everything
     match: {{}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -12,9 +13,13 @@ from runwatch.cli.startup import load
 from runwatch.config.describe import describe
 from runwatch.config.settings import Config
 from runwatch.core.compose import outbox_items
-from runwatch.core.render import flavour_for, sample_events
-from runwatch.delivery.apprise_channel import build_channels, unsupported
+from runwatch.core.render import sample_events
+from runwatch.delivery.apprise_channel import ALL_URLS
+from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders, unsupported
+from runwatch.delivery.senders import Outgoing, Sender
+from runwatch.service.cycle import destinations
 from runwatch.state.sqlite import SqliteStore
+from runwatch.state.store import Lane
 
 __all__ = ["check", "load", "notify_test", "runs"]
 
@@ -23,9 +28,12 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
     """Print what the configuration means; every template was already rendered by the loader."""
     for line in describe(config):
         print(line, file=out)
-    flavours = {name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()}
     items = outbox_items(
-        sample_events(), rules=config.rules, templates=config.templates, flavours=flavours
+        sample_events(),
+        rules=config.rules,
+        templates=config.templates,
+        destinations=destinations(config.channels),
+        console_urls={ws.name: ws.console_url for ws in config.workspaces},
     )
     print(
         f"\nrendered {len(items)} sample message(s) for {len(config.rules)} rule(s): OK", file=out
@@ -37,6 +45,7 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
 
 
 def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> int:
+    """Send one test message to every target of the channels; exit 1 if any failed."""
     unknown = [n for n in names if n not in config.channels]
     if unknown:
         print(
@@ -45,23 +54,36 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
         )
         return 2
     chosen = {n: config.channels[n] for n in (names or list(config.channels))}
-    channels = build_channels(chosen)
+    senders = {
+        lane: sender
+        for lane, sender in build_senders(chosen).items()
+        if lane[1] != ALL_URLS  # the lane of old rows: the same URLs once more
+    }
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    text = (
+        f"This is a test from runwatch on {os.uname().nodename} at {now}. "
+        "If you can read it, channel **{name}** works."
+    )
 
     async def main() -> list[tuple[str, bool, str]]:
-        results = await asyncio.gather(
-            *(
-                ch.send(
-                    "🔔 runwatch test message",
-                    f"This is a test from runwatch on {os.uname().nodename} at {now}. "
-                    f"If you can read it, channel **{name}** works.",
-                    "info",
-                    timeout=config.delivery.timeout,
-                )
-                for name, ch in channels.items()
+        async def one(lane: Lane, sender: Sender) -> tuple[str, bool, str]:
+            name, target = lane
+            body = text.format(name=name)
+            if target == WEBHOOK_TARGET:
+                body = json.dumps({"schema": "runwatch.test/1", "kind": "test", "message": body})
+            message = Outgoing(
+                title="🔔 runwatch test message",
+                body=body,
+                notify_type="info",
+                event_keys=(f"runwatch/test/{name}/{now}",),
             )
-        )
-        return [(r.channel, r.ok, r.detail) for r in results]
+            outcome = await sender.send(message, timeout=config.delivery.timeout)
+            return name, outcome.ok, outcome.detail or sender.describe()
+
+        try:
+            return list(await asyncio.gather(*(one(lane, s) for lane, s in senders.items())))
+        finally:
+            await close_senders(senders)
 
     failed = 0
     results = asyncio.run(main())

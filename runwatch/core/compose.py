@@ -1,17 +1,38 @@
-"""From events to outbox rows: route each event, render its message once per channel.
+"""From events to outbox rows: route each event, render its message once per channel, one
+row per target.
 
 Rendering happens here, before the commit, so the outbox holds the exact text to send: a
 reload of templates never changes a message already promised, and delivery needs nothing
-but the row.
+but the row. A channel with several targets (an Apprise channel's URLs) gets one row per
+target, all with the same text, so each target's delivery is tracked on its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from runwatch.core.model import Event, OutboxItem
 from runwatch.core.render import Flavour, render
 from runwatch.core.rules import Rule, Templates, route
+from runwatch.core.webhook import webhook_document
+
+DEFAULT_CONSOLE_URL = "https://vi.datature.com/org/{organization_id}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Destination:
+    """How a channel's rows are written: in which markup (or as a webhook's JSON document),
+    and for which targets."""
+
+    flavour: Flavour | Literal["webhook"]
+    targets: tuple[str, ...]
+
+
+def console_url(event: Event, template: str = DEFAULT_CONSOLE_URL) -> str:
+    """The workspace's console link for `event` (run ids are plain at this point)."""
+    return template.format(organization_id=event.organization_id, run_id=event.run_id)
 
 
 def outbox_items(
@@ -19,25 +40,38 @@ def outbox_items(
     *,
     rules: Sequence[Rule],
     templates: Templates,
-    flavours: Mapping[str, Flavour],
+    destinations: Mapping[str, Destination],
+    console_urls: Mapping[str, str] | None = None,  # workspace name -> console_url template
 ) -> list[OutboxItem]:
     items: list[OutboxItem] = []
     for event in events:
+        link = console_url(event, (console_urls or {}).get(event.workspace, DEFAULT_CONSOLE_URL))
+        last = event.current if event.current is not None else event.previous
         for r in route(event, tuple(rules)):
+            destination = destinations.get(r.channel)
+            if destination is None or not destination.targets:
+                continue
+            flavour = destination.flavour
             message = render(
                 event,
                 title=r.rule.title or templates.title,
                 body=r.rule.body or templates.body,
-                flavour=flavours.get(r.channel, "markdown"),
+                flavour="markdown" if flavour == "webhook" else flavour,
             )
-            items.append(
-                OutboxItem(
-                    event_key=event.key,
-                    channel=r.channel,
-                    title=message.title,
-                    body=message.body,
-                    notify_type=message.notify_type,
-                    run_key=f"{event.organization_id}/{event.run_id}",
+            body = message.body
+            if flavour == "webhook":
+                body = webhook_document(event, console_url=link).decode()
+            for target in destination.targets:
+                items.append(
+                    OutboxItem(
+                        event_key=event.key,
+                        channel=r.channel,
+                        target=target,
+                        title=message.title,
+                        body=body,
+                        notify_type=message.notify_type,
+                        run_key=f"{event.organization_id}/{event.run_id}",
+                        condition=None if last is None else last.condition,
+                    )
                 )
-            )
     return items

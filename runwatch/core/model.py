@@ -179,7 +179,7 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class OutboxItem:
-    """A message to enqueue: one event (or alert) for one channel, already rendered."""
+    """A message to enqueue: one event (or alert) for one target of one channel, rendered."""
 
     event_key: str
     channel: str
@@ -187,3 +187,6 @@ class OutboxItem:
     body: str
     notify_type: str
     run_key: str  # "org/run_id"
+    target: str = ""  # the channel's target: an Apprise URL's position ("1"...), "webhook"
+    condition: str | None = None  # the event's condition (quiet hours, digests)
+    state: Literal["pending", "muted"] = "pending"  # muted: recorded, never sent

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from runwatch.clock import Clock
-from runwatch.config.settings import Config, WorkspaceConfig
-from runwatch.core.compose import outbox_items
-from runwatch.core.model import OutboxItem
-from runwatch.core.render import Flavour, flavour_for
+from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
+from runwatch.core.compose import Destination, outbox_items
+from runwatch.core.model import OutboxItem, RunState
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
+from runwatch.delivery.lanes import flavour_of, targets_of
 from runwatch.errors import (
     StoreError,
     ViAuthError,
@@ -86,9 +86,7 @@ class PollCycle:
         if terminal != getattr(self, "terminal", terminal):
             self.known.clear()  # indexed by what is finished: re-read under the new set
         self.terminal = terminal
-        self.flavours: dict[str, Flavour] = {
-            name: flavour_for(list(channel.urls)) for name, channel in config.channels.items()
-        }
+        self.destinations = destinations(config.channels)
         old = list(self.clients.values())
         self.clients = {ws.name: self._client(ws) for ws in config.workspaces}
         return old
@@ -129,7 +127,8 @@ class PollCycle:
             outcome.diff.events,
             rules=self.config.rules,
             templates=self.config.templates,
-            flavours=self.flavours,
+            destinations=self.destinations,
+            console_urls={ws.name: ws.console_url for ws in self.config.workspaces},
         )
 
     async def poll(self, ws: WorkspaceConfig, *, commit: bool = True) -> WorkspacePoll:
@@ -143,8 +142,15 @@ class PollCycle:
             plan = self.plan(meta, now_ms)
             kind = plan.kind
             known = self._known(ws.organization_id)
+            org = ws.organization_id
             outcome = await poll_workspace(
-                self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
+                self.clients[ws.name],
+                known,
+                workspace=ws.name,
+                plan=plan,
+                now_ms=now_ms,
+                load=lambda run_ids: self._store.load_run_states(org, run_ids),
+                flush=self._baseline_part(known, org) if commit else _discard,
             )
             items = self.compose(outcome)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
@@ -188,7 +194,7 @@ class PollCycle:
         index = self.known.get(organization_id)
         if index is None:
             index = self.known[organization_id] = RunIndex(
-                self._store.load_runs(organization_id),
+                self._store.iter_runs(organization_id),
                 terminal=self.terminal,
                 tombstones=self._store.load_tombstones(organization_id),
             )
@@ -243,6 +249,16 @@ class PollCycle:
         )
         return PollReport(workspace=ws.name, ok=False, kind="deferred", error=error)
 
+    def _baseline_part(self, known: RunIndex, org: str) -> Callable[[Sequence[RunState]], None]:
+        def flush(states: Sequence[RunState]) -> None:
+            # A part of a baseline, recorded silently; if the baseline fails later, the next
+            # poll is a baseline again and these rows are simply recorded once more.
+            self._store.record_runs(org, states)
+            for state in states:
+                known.record(state)
+
+        return flush
+
     def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
         if isinstance(exc, ViError | StoreError):
             reason = type(exc).__name__.removeprefix("Vi").removesuffix("Error").lower()
@@ -295,12 +311,28 @@ class PollCycle:
             max_connections=max(2, poll.max_concurrency),
             on_request=on_request,
             max_requests_per_second=poll.max_requests_per_second,
+            max_response_bytes=poll.max_response_bytes,
         )
 
     def runs_by_workspace(self) -> Mapping[str, int]:
         return {
             ws.name: len(self.known.get(ws.organization_id, {})) for ws in self.config.workspaces
         }
+
+
+def _discard(states: Sequence[RunState]) -> None:
+    """A dry run's baseline parts: nothing is recorded, and nothing needs to be kept."""
+
+
+def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination]:
+    """How each channel's rows are written, and for which of its targets."""
+    return {
+        name: Destination(
+            flavour="webhook" if channel.kind == "webhook" else flavour_of(channel),
+            targets=targets_of(channel),
+        )
+        for name, channel in channels.items()
+    }
 
 
 def settle_heap() -> None:

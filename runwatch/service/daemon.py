@@ -25,7 +25,7 @@ from runwatch.clock import SYSTEM_CLOCK, Clock
 from runwatch.config.settings import Config
 from runwatch.core.alerts import Thresholds
 from runwatch.core.run_index import RunIndex
-from runwatch.delivery.apprise_channel import build_channels
+from runwatch.delivery.lanes import build_senders, close_senders, policies
 from runwatch.delivery.worker import Deliverer
 from runwatch.service.cycle import PollCycle
 from runwatch.service.metrics import Metrics
@@ -87,7 +87,8 @@ class Daemon:
         self._cycle_done = asyncio.Condition()
         self.deliverer = Deliverer(
             store,
-            build_channels(config.channels),
+            build_senders(config.channels, clock=clock),
+            policies(config.channels, config.delivery),
             config.delivery,
             clock=clock,
             on_result=self._count_delivery,
@@ -113,11 +114,13 @@ class Daemon:
 
     async def reload(self, config: Config) -> None:
         """Swap in a validated configuration; state and pending deliveries carry over."""
-        channels = build_channels(config.channels)
+        senders = build_senders(config.channels, clock=self.clock)
         self.config = config
         old_clients = self.cycle.configure(config)
         self.heartbeat.stall_after_s = _stall_after(config)
-        self.deliverer.replace_channels(channels, config.delivery)
+        old_senders = self.deliverer.senders
+        self.deliverer.replace(senders, policies(config.channels, config.delivery), config.delivery)
+        await close_senders(old_senders)
         self._remember_successes(config)
         for client in old_clients:
             await client.aclose()
@@ -126,6 +129,7 @@ class Daemon:
 
     async def aclose(self) -> None:
         await self.cycle.aclose()
+        await close_senders(self.deliverer.senders)
 
     # -- one turn of the loop ------------------------------------------------------------
 
@@ -142,6 +146,7 @@ class Daemon:
             failing_channels=self.failing_channels(),
             channels=list(self.config.channels),
             notify=cfg.notify,
+            targets={name: d.targets for name, d in self.cycle.destinations.items()},
             thresholds=Thresholds(
                 api_down_after=cfg.api_down_after,
                 channel_failing_after=cfg.channel_failing_after,

@@ -39,6 +39,7 @@ class SelfAlerts:
         failing_channels: Mapping[str, float],
         channels: Sequence[str],
         notify: Sequence[str],
+        targets: Mapping[str, Sequence[str]],
         thresholds: Thresholds,
         now_ms: int,
     ) -> int:
@@ -69,6 +70,7 @@ class SelfAlerts:
             OutboxItem(
                 event_key=alert.key,
                 channel=channel,
+                target=target,
                 title=alert.title,
                 body=alert.body,
                 notify_type=alert.notify_type,
@@ -77,6 +79,7 @@ class SelfAlerts:
             for alert in alerts
             for channel in notify
             if channel != alert.exclude_channel
+            for target in targets.get(channel, ())
         ]
         try:
             queued = self._store.commit_alerts(

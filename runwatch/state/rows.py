@@ -17,7 +17,7 @@ from dataclasses import fields, is_dataclass
 from types import MappingProxyType
 from typing import Any
 
-from runwatch.core.model import Condition, Event, RunState
+from runwatch.core.model import Condition, Enrichment, Event, RunState
 from runwatch.state.store import OutboxRow
 
 RUN_COLUMNS = (
@@ -49,8 +49,8 @@ RUN_STATE_FIELDS = frozenset(
     }
 )
 OUTBOX_COLUMNS = (
-    "id, event_key, channel, title, body, notify_type, run_key, created_at, attempts, "
-    "next_attempt_at, last_error"
+    "id, event_key, channel, target, run_key, condition, title, body, notify_type, state, "
+    "created_at, attempts, uncertain_attempts, next_attempt_at, last_error"
 )
 
 RunRow = tuple[Any, ...]
@@ -152,17 +152,22 @@ def _marks(text: str) -> Mapping[str, int]:
 
 
 def outbox_row(row: tuple[Any, ...]) -> OutboxRow:
-    (id_, key, channel, title, body, notify_type, run_key, created, attempts, due, error) = row
+    (id_, key, channel, target, run_key, condition, title, body, notify_type, state) = row[:10]
+    (created, attempts, uncertain, due, error) = row[10:]
     return OutboxRow(
         id=id_,
         event_key=key,
         channel=channel,
+        target=target,
+        run_key=run_key,
+        condition=condition,
         title=title,
         body=body,
         notify_type=notify_type,
-        run_key=run_key,
+        state=state,
         created_at=created,
         attempts=attempts,
+        uncertain_attempts=uncertain,
         next_attempt_at=due,
         last_error=error,
     )
@@ -198,3 +203,55 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def event_from_payload(payload: str) -> Event | None:
+    """The Event an events row recorded (`event_payload`), or None if it cannot be read back."""
+    try:
+        doc = json.loads(payload)
+        if not isinstance(doc, dict):
+            return None
+        enrichment = doc.get("enrichment")
+        return Event(
+            kind=doc["kind"],
+            workspace=doc["workspace"],
+            organization_id=doc["organization_id"],
+            run_id=doc["run_id"],
+            previous=_condition(doc.get("previous")),
+            current=_condition(doc.get("current")),
+            skipped=tuple(c for c in map(_condition, doc.get("skipped") or ()) if c),
+            history=tuple(c for c in map(_condition, doc.get("history") or ()) if c),
+            flow_name=doc.get("flow_name"),
+            training_project=doc.get("training_project"),
+            attributes=dict(doc.get("attributes") or {}),
+            time_created=doc.get("time_created") or 0,
+            killed_at=doc.get("killed_at"),
+            log=doc.get("log"),
+            generation=doc.get("generation"),
+            detected_at=doc.get("detected_at") or 0,
+            rule=doc.get("rule"),
+            elapsed_s=doc.get("elapsed_s"),
+            reminder=doc.get("reminder") or 0,
+            enrichment=None
+            if not isinstance(enrichment, dict)
+            else Enrichment(
+                project_name=enrichment.get("project_name"),
+                epoch=enrichment.get("epoch"),
+                model_id=enrichment.get("model_id"),
+                metrics=tuple((str(k), v) for k, v in enrichment.get("metrics") or ()),
+            ),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _condition(value: object) -> Condition | None:
+    if not isinstance(value, dict):
+        return None
+    return Condition(
+        condition=value["condition"],
+        status=value["status"],
+        last_transition_time=value["last_transition_time"],
+        reason=value.get("reason"),
+        message=value.get("message"),
+    )

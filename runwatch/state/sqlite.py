@@ -22,15 +22,15 @@ import structlog
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
 from runwatch.state.rows import (
-    OUTBOX_COLUMNS,
     RUN_COLUMNS,
     RUN_PLACEHOLDERS,
     event_payload,
     gc_paused,
-    outbox_row,
     run_from_row,
     run_params,
 )
+from runwatch.state.sqlite_outbox import SqliteOutbox
+from runwatch.state.sqlite_outbox import insert as insert_outbox
 from runwatch.state.sqlite_schema import (
     APPLICATION_ID,
     BUSY_TIMEOUT_MS,
@@ -41,7 +41,7 @@ from runwatch.state.sqlite_schema import (
     corrupt,
     store_error,
 )
-from runwatch.state.store import OutboxRow, OutboxStats, PollCommit, WorkspaceMeta
+from runwatch.state.store import OutboxStats, PollCommit, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.sqlite")
 
@@ -56,6 +56,7 @@ class SqliteStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._last_prune_ms = 0
+        self._outbox = SqliteOutbox(self)
 
     @classmethod
     def open(
@@ -129,7 +130,7 @@ class SqliteStore:
             version = store._check()
             if version < SCHEMA_VERSION:
                 memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-                with store._errors("copying it to read it"):
+                with store.reading("copying it to read it"):
                     conn.backup(memory)
                 conn.close()
                 store._conn = conn = memory
@@ -151,7 +152,7 @@ class SqliteStore:
     def _check(self) -> int:
         """The schema version, after refusing a file that is not (a usable) runwatch state."""
         conn = self._conn
-        with self._errors("opening it"):
+        with self.reading("opening it"):
             # Read-only checks first: nothing is written to a file we may refuse.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -179,7 +180,7 @@ class SqliteStore:
     def _prepare(self, max_pages: int | None) -> None:
         conn = self._conn
         version = self._check()
-        with self._errors("opening it"):
+        with self.reading("opening it"):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(
@@ -197,22 +198,23 @@ class SqliteStore:
 
     def _migrate(self, version: int) -> None:
         for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._transaction(f"migrating it to schema {target}") as tx:
+            with self.writing(f"migrating it to schema {target}") as tx:
                 for statement in statements:
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {target}")
             log.info("store.migrated", path=str(self._path), schema=target)
 
     @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def reading(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """Reads under the store's lock; a sqlite3 error becomes a StoreError saying what to do."""
         with self._lock:
             try:
-                yield
+                yield self._conn
             except sqlite3.Error as e:
                 raise store_error(e, self._path, doing) from e
 
     @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+    def writing(self, doing: str) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed whole, or rolled back whole and StoreError raised."""
         with self._lock:
             conn = self._conn
@@ -255,7 +257,7 @@ class SqliteStore:
 
     def workspace(self, organization_id: str) -> WorkspaceMeta:
         """What the store knows of a workspace; all None for one never polled."""
-        with self._errors("reading a workspace"):
+        with self.reading("reading a workspace"):
             row = self._conn.execute(
                 "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
                 "resume_at FROM workspaces WHERE organization_id = ?",
@@ -280,7 +282,7 @@ class SqliteStore:
 
     def load_runs(self, organization_id: str) -> dict[str, RunState]:
         """Every tracked run of a workspace, by run id (tombstones aside)."""
-        with self._errors("reading runs"), gc_paused():
+        with self.reading("reading runs"), gc_paused():
             rows = self._conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs "
                 "WHERE organization_id = ? AND deleted_at IS NULL",
@@ -288,9 +290,45 @@ class SqliteStore:
             )
             return {row[1]: run_from_row(row) for row in rows}
 
+    def iter_runs(self, organization_id: str) -> Iterator[RunState]:
+        """Every tracked run of a workspace (tombstones aside), one at a time: building the
+        index of 100,000 runs never holds them all at once."""
+        with self.reading("reading runs") as conn, gc_paused():
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE organization_id = ? AND deleted_at IS NULL",
+                (organization_id,),
+            )
+            while rows := cursor.fetchmany(1_000):
+                yield from map(run_from_row, rows)
+
+    def load_run_states(self, organization_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
+        """The stored states of these runs of a workspace (those it has), by run id."""
+        found: dict[str, RunState] = {}
+        with self.reading("reading runs") as conn:
+            for start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[start : start + 500])
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ? "
+                    f"AND deleted_at IS NULL AND run_id IN ({marks})",
+                    (organization_id, *chunk),
+                ):
+                    found[row[1]] = run_from_row(row)
+        return found
+
+    def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None:
+        """Write run states alone, in one transaction: a part of a baseline (no events, no
+        bookkeeping: the baseline counts as done when its last part commits with it)."""
+        with self.writing(f"recording runs of {organization_id}") as tx:
+            tx.executemany(
+                f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
+                (run_params(run) for run in states),
+            )
+
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]:
         """The runs of a workspace confirmed deleted and still remembered, by run id."""
-        with self._errors("reading runs"):
+        with self.reading("reading runs"):
             rows = self._conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs "
                 "WHERE organization_id = ? AND deleted_at IS NOT NULL",
@@ -300,7 +338,7 @@ class SqliteStore:
 
     def tracked_runs(self) -> list[RunState]:
         """Every tracked run, by organization, newest first (for `runwatch runs`)."""
-        with self._errors("reading runs"), gc_paused():
+        with self.reading("reading runs"), gc_paused():
             rows = self._conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM runs WHERE deleted_at IS NULL "
                 "ORDER BY organization_id, time_created DESC"
@@ -309,7 +347,7 @@ class SqliteStore:
 
     def set_resume_at(self, organization_id: str, resume_at: int | None) -> None:
         """Remember until when the API asked not to be polled (None: no such wish)."""
-        with self._transaction(f"recording when to poll {organization_id} again") as tx:
+        with self.writing(f"recording when to poll {organization_id} again") as tx:
             tx.execute(
                 "INSERT INTO workspaces (organization_id, resume_at) VALUES (?, ?) "
                 "ON CONFLICT (organization_id) DO UPDATE SET resume_at = excluded.resume_at",
@@ -331,7 +369,7 @@ class SqliteStore:
                     f"run {run.run_id} of organization {run.organization_id} in a commit "
                     f"for organization {org}"
                 )
-        with self._transaction(f"recording the poll of {org}") as tx:
+        with self.writing(f"recording the poll of {org}") as tx:
             tx.execute(
                 "INSERT INTO workspaces (organization_id, baselined_at, last_full_listing, "
                 "last_success) VALUES (?, ?, ?, ?) "
@@ -377,7 +415,7 @@ class SqliteStore:
                 if item.event_key in fresh
                 or (item.event_key not in recorded and not self._event_known(item.event_key))
             ]
-            inserted = self._insert_outbox(tx, items, now)
+            inserted = insert_outbox(tx, items, now)
         log.debug(
             "store.commit",
             organization_id=org,
@@ -393,45 +431,28 @@ class SqliteStore:
         row = self._conn.execute("SELECT 1 FROM events WHERE event_key = ?", (key,)).fetchone()
         return row is not None
 
-    @staticmethod
-    def _insert_outbox(tx: sqlite3.Connection, items: Sequence[OutboxItem], now: int) -> int:
-        if not items:
-            return 0
-        cursor = tx.executemany(
-            "INSERT INTO outbox (event_key, channel, run_key, title, body, "
-            "notify_type, state, created_at, attempts, next_attempt_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?) "
-            # Not OR IGNORE: that would also skip a row breaking NOT NULL, silently.
-            "ON CONFLICT (event_key, channel) DO NOTHING",
-            [
-                (i.event_key, i.channel, i.run_key, i.title, i.body, i.notify_type, now, now)
-                for i in items
-            ],
-        )
-        return max(cursor.rowcount, 0)
-
     def enqueue(self, items: Sequence[OutboxItem], now_ms: int) -> int:
         """Enqueue messages that belong to no poll (self-alerts); return the rows inserted.
 
-        Like `commit_poll`, one row per (event_key, channel) ever: a second enqueue of the
-        same key for the same channel inserts nothing.
+        Like `commit_poll`, one row per (event_key, channel, target) ever: a second enqueue
+        of the same key for the same target inserts nothing.
         """
-        with self._transaction("enqueuing messages") as tx:
-            return self._insert_outbox(tx, items, now_ms)
+        with self.writing("enqueuing messages") as tx:
+            return insert_outbox(tx, items, now_ms)
 
     def commit_alerts(
         self, items: Sequence[OutboxItem], *, meta: Mapping[str, str], now_ms: int
     ) -> int:
         """Enqueue self-alerts and write the state that records them, in ONE transaction."""
-        with self._transaction("recording self-alerts") as tx:
-            inserted = self._insert_outbox(tx, items, now_ms)
+        with self.writing("recording self-alerts") as tx:
+            inserted = insert_outbox(tx, items, now_ms)
             for key, value in meta.items():
                 self._put_meta(tx, key, value)
         return inserted
 
     def record_poll_failure(self, organization_id: str, now_ms: int, error: str) -> None:
         """Remember the last failed poll of a workspace; `error` must be sanitized text."""
-        with self._transaction(f"recording a failed poll of {organization_id}") as tx:
+        with self.writing(f"recording a failed poll of {organization_id}") as tx:
             tx.execute(
                 "INSERT INTO workspaces (organization_id, last_failure, last_error) "
                 "VALUES (?, ?, ?) ON CONFLICT (organization_id) DO UPDATE SET "
@@ -441,86 +462,19 @@ class SqliteStore:
 
     # -- the outbox -----------------------------------------------------------------------
 
-    def next_pending(self, channel: str) -> OutboxRow | None:
-        """The channel's oldest pending row, due or not.
-
-        Per-channel FIFO keeps one run's messages in order ("Running" before "Failed"): a
-        row waiting for its retry holds back the rows behind it. The caller checks
-        `next_attempt_at`.
-        """
-        with self._errors("reading the outbox"):
-            row = self._conn.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox "
-                "WHERE channel = ? AND state = 'pending' ORDER BY id LIMIT 1",
-                (channel,),
-            ).fetchone()
-        return None if row is None else outbox_row(row)
-
-    def pending_channels(self) -> list[str]:
-        """Channels with at least one pending row, sorted."""
-        with self._errors("reading the outbox"):
-            rows = self._conn.execute(
-                "SELECT DISTINCT channel FROM outbox WHERE state = 'pending' ORDER BY channel"
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    def mark_sent(self, row_id: int, now_ms: int) -> None:
-        with self._transaction("marking a notification sent") as tx:
-            tx.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?, last_attempt_at = ?, "
-                "attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
-                (now_ms, now_ms, row_id),
-            )
-
-    def mark_retry(self, row_id: int, now_ms: int, next_attempt_at: int, error: str) -> None:
-        """Record a failed attempt; `error` must be sanitized text (it is stored)."""
-        with self._transaction("scheduling a retry") as tx:
-            tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?, "
-                "next_attempt_at = ?, last_error = ? WHERE id = ? AND state = 'pending'",
-                (now_ms, next_attempt_at, error, row_id),
-            )
-
-    def mark_dead(self, row_id: int, now_ms: int, error: str, *, attempted: bool = False) -> None:
-        """Give up on a row; it is kept, as state 'dead'. `attempted`: after a failed try."""
-        with self._transaction("marking a notification dead") as tx:
-            tx.execute(
-                "UPDATE outbox SET state = 'dead', dead_at = ?, last_error = ?, "
-                "attempts = attempts + ?, "
-                "last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END "
-                "WHERE id = ? AND state = 'pending'",
-                (now_ms, error, int(attempted), int(attempted), now_ms, row_id),
-            )
+    @property
+    def outbox(self) -> SqliteOutbox:
+        return self._outbox
 
     def outbox_stats(self, now_ms: int) -> OutboxStats:
-        with self._errors("reading the outbox"):
-            rows = self._conn.execute(
-                "SELECT channel, state, count(*), min(created_at) FROM outbox "
-                "WHERE state IN ('pending', 'dead') GROUP BY channel, state"
-            ).fetchall()
-        pending: dict[str, int] = {}
-        dead: dict[str, int] = {}
-        oldest: int | None = None
-        for channel, state, count, created in rows:
-            if state == "pending":
-                pending[channel] = count
-                oldest = created if oldest is None else min(oldest, created)
-            else:
-                dead[channel] = count
-        return OutboxStats(
-            pending=sum(pending.values()),
-            dead=sum(dead.values()),
-            pending_by_channel=pending,
-            dead_by_channel=dead,
-            oldest_pending_age=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
-        )
+        return self._outbox.stats(now_ms)
 
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
         """Forget sent rows and events older than 30 days; dead rows and their events stay."""
         cutoff = now_ms - RETENTION_MS
-        with self._transaction("pruning old rows") as tx:
+        with self.writing("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
             tx.execute("DELETE FROM runs WHERE deleted_at < ?", (cutoff,))
             tx.execute(
@@ -539,12 +493,12 @@ class SqliteStore:
             log.warning("store.prune_failed", error=str(e))
 
     def get_meta(self, key: str) -> str | None:
-        with self._errors("reading meta"):
+        with self.reading("reading meta"):
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._transaction("writing meta") as tx:
+        with self.writing("writing meta") as tx:
             self._put_meta(tx, key, value)
 
     @staticmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runwatch.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
 RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
@@ -103,6 +103,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Until when the API asked not to be called (a Retry-After longer than one call's
         # retries): kept across restarts, so a restart does not knock again too early.
         "ALTER TABLE workspaces ADD COLUMN resume_at INTEGER",
+    ),
+    (
+        # Delivery per target: one row per (event, channel, target), a target being one URL
+        # of an Apprise channel (or the whole of a webhook or Slack channel). Rows written
+        # before this schema keep target '' and go to every URL of their channel. New states:
+        # 'uncertain' (an attempt whose outcome is unknown, several times: possibly
+        # delivered), 'dropped' (by the operator) and 'muted' (recorded, never sent).
+        # SQLite cannot change a CHECK constraint in place: the table is rebuilt.
+        """CREATE TABLE outbox_v3 (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_key          TEXT NOT NULL,
+            channel            TEXT NOT NULL,
+            target             TEXT NOT NULL DEFAULT '',
+            run_key            TEXT NOT NULL,
+            condition          TEXT,
+            title              TEXT NOT NULL,
+            body               TEXT NOT NULL,
+            notify_type        TEXT NOT NULL,
+            state              TEXT NOT NULL CHECK (state IN
+                ('pending', 'sent', 'dead', 'uncertain', 'dropped', 'muted')),
+            created_at         INTEGER NOT NULL,
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            uncertain_attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at    INTEGER NOT NULL,
+            last_attempt_at    INTEGER,
+            last_error         TEXT,
+            sent_at            INTEGER,
+            dead_at            INTEGER,
+            claimed_by         TEXT,
+            claimed_until      INTEGER
+        )""",
+        """INSERT INTO outbox_v3 (id, event_key, channel, run_key, title, body, notify_type,
+            state, created_at, attempts, next_attempt_at, last_attempt_at, last_error,
+            sent_at, dead_at)
+           SELECT id, event_key, channel, run_key, title, body, notify_type, state,
+            created_at, attempts, next_attempt_at, last_attempt_at, last_error, sent_at,
+            dead_at FROM outbox""",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_v3 RENAME TO outbox",
+        "CREATE INDEX outbox_lane_state_id ON outbox (channel, target, state, id)",
+        "CREATE INDEX outbox_state_channel ON outbox (state, channel)",
+        # Each target hears about an event once, whoever enqueues it and however often.
+        "CREATE UNIQUE INDEX outbox_event_lane ON outbox (event_key, channel, target)",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

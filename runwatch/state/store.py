@@ -11,8 +11,8 @@ what every backend speaks; `runwatch.state.sqlite` is the embedded one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from runwatch.core.model import Event, OutboxItem, RunState
@@ -29,21 +29,32 @@ class WorkspaceMeta:
     resume_at: int | None = None  # epoch ms before which the API asked not to be polled
 
 
+Lane = tuple[str, str]  # (channel, target): where one row of the outbox goes
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class OutboxRow:
-    """A pending outbox row."""
+    """One outbox row: one message for one target of one channel."""
 
     id: int
     event_key: str
     channel: str
+    target: str  # '' for rows written before per-target delivery: every URL of the channel
+    run_key: str  # "org/run_id", or "runwatch" for self-alerts: the unit of ordering
+    condition: str | None  # the event's condition, for quiet hours and digests
     title: str
     body: str
     notify_type: str
-    run_key: str
+    state: str
     created_at: int  # epoch ms
     attempts: int
+    uncertain_attempts: int  # attempts whose outcome was unknown
     next_attempt_at: int  # epoch ms
     last_error: str | None
+
+    @property
+    def lane(self) -> Lane:
+        return (self.channel, self.target)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -53,6 +64,8 @@ class OutboxStats:
     pending_by_channel: Mapping[str, int]
     dead_by_channel: Mapping[str, int]
     oldest_pending_age: float  # seconds; 0.0 when nothing is pending
+    uncertain: int = 0  # possibly delivered: gave up not knowing whether the target got it
+    uncertain_by_channel: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,12 +81,49 @@ class PollCommit:
     baseline: bool = False  # sets baselined_at = polled_at
 
 
+class Outbox(Protocol):
+    """The outbox of a store: what delivery and the operator's commands act on."""
+
+    def lanes(self) -> list[Lane]: ...
+    def pending(self, lane: Lane, *, limit: int = 10_000) -> list[OutboxRow]: ...
+    def rows(
+        self,
+        *,
+        states: Sequence[str] = ("pending",),
+        channel: str | None = None,
+        ids: Sequence[int] = (),
+        limit: int = 1_000,
+    ) -> list[OutboxRow]: ...
+    def event_payloads(self, keys: Sequence[str]) -> dict[str, str]: ...
+    def mark_sent(self, ids: Sequence[int], now_ms: int) -> None: ...
+    def mark_retry(
+        self,
+        ids: Sequence[int],
+        now_ms: int,
+        next_attempt_at: int,
+        error: str,
+        *,
+        uncertain: bool = False,
+    ) -> None: ...
+    def mark_given_up(
+        self, ids: Sequence[int], now_ms: int, error: str, *, state: str, attempted: bool
+    ) -> None: ...
+    def revive(self, ids: Sequence[int], now_ms: int) -> int: ...
+    def drop(self, ids: Sequence[int], now_ms: int) -> int: ...
+    def stats(self, now_ms: int) -> OutboxStats: ...
+
+
 class StateStore(Protocol):
     """What the daemon and the commands need of a state store; every backend provides it."""
 
     def workspace(self, organization_id: str) -> WorkspaceMeta: ...
     def load_runs(self, organization_id: str) -> dict[str, RunState]: ...
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]: ...
+    def iter_runs(self, organization_id: str) -> Iterator[RunState]: ...
+    def load_run_states(
+        self, organization_id: str, run_ids: Sequence[str]
+    ) -> dict[str, RunState]: ...
+    def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None: ...
     def set_resume_at(self, organization_id: str, resume_at: int | None) -> None: ...
     def tracked_runs(self) -> list[RunState]: ...
     def commit_poll(self, commit: PollCommit) -> int: ...
@@ -81,14 +131,9 @@ class StateStore(Protocol):
     def commit_alerts(
         self, items: Sequence[OutboxItem], *, meta: Mapping[str, str], now_ms: int
     ) -> int: ...
-    def next_pending(self, channel: str) -> OutboxRow | None: ...
-    def pending_channels(self) -> list[str]: ...
-    def mark_sent(self, row_id: int, now_ms: int) -> None: ...
-    def mark_retry(self, row_id: int, now_ms: int, next_attempt_at: int, error: str) -> None: ...
-    def mark_dead(
-        self, row_id: int, now_ms: int, error: str, *, attempted: bool = False
-    ) -> None: ...
     def outbox_stats(self, now_ms: int) -> OutboxStats: ...
+    @property
+    def outbox(self) -> Outbox: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
     def close(self) -> None: ...
