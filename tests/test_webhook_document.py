@@ -287,6 +287,35 @@ def test_it_documents_a_receiver_that_accepts_only_signed_deliveries() -> None:
         server.server_close()
 
 
+async def test_it_documents_the_recipe_the_webhook_sender_follows() -> None:
+    """runwatch's own webhook sender, POSTing a composed row, is accepted by the documented
+    receiver: the recipe and the sender agree on headers, timestamp and signature."""
+    from runwatch.config.settings import WebhookConfig
+    from runwatch.delivery.senders import Outgoing
+    from runwatch.delivery.webhook import WebhookSender
+
+    server = HTTPServer(("127.0.0.1", 0), receiver_from_the_docstring())
+    server.RequestHandlerClass.log_message = lambda *args: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    body = webhook_document(TRANSITION).decode()
+    outcomes = []
+    try:
+        for secret in ("s3cret", "another"):
+            sender = WebhookSender(WebhookConfig(url=url, secret=secret))
+            message = Outgoing(
+                title="", body=body, notify_type="failure", event_keys=[TRANSITION.key]
+            )
+            outcomes.append(await sender.send(message, timeout=10))
+            await sender.aclose()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [o.verdict for o in outcomes] == ["ok", "permanent"]
+    assert "HTTP 401" in outcomes[1].detail
+
+
 def test_it_keeps_the_condition_in_the_document_as_the_api_sent_it() -> None:
     """Data, not a message: no escaping beyond JSON's, no cut."""
     condition = Condition(

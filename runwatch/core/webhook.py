@@ -9,9 +9,9 @@ retried delivery carries the same id and a receiver can drop duplicates.
 
 How a receiver checks a delivery (the README quotes this):
 
-Every POST carries the headers `Runwatch-Event-Id` (`evt_` and 32 hex digits, the same on
-every retry of one event), `Runwatch-Timestamp` (Unix seconds when it was signed) and
-`Runwatch-Signature` (`sha256=` and the hex HMAC-SHA256, keyed with the channel's
+Every POST carries the headers `X-Runwatch-Event-Id` (`evt_` and 32 hex digits, the same
+on every retry of one event), `X-Runwatch-Timestamp` (Unix seconds when it was signed) and
+`X-Runwatch-Signature` (`sha256=` and the hex HMAC-SHA256, keyed with the channel's
 `secret`, of the bytes `f"{timestamp}."` followed by the raw body). A receiver recomputes
 the HMAC over the raw body, before parsing it, compares in constant time, refuses a
 timestamp more than five minutes from its own clock (a replay), and deduplicates on the
@@ -25,9 +25,9 @@ event id::
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            stamp = self.headers.get("Runwatch-Timestamp", "")
+            stamp = self.headers.get("X-Runwatch-Timestamp", "")
             mac = hmac.new(SECRET, f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-            given = self.headers.get("Runwatch-Signature", "").encode()
+            given = self.headers.get("X-Runwatch-Signature", "").encode()
             good = hmac.compare_digest(f"sha256={mac}".encode(), given)
             fresh = stamp.isdigit() and abs(time.time() - int(stamp)) < 300
             self.send_response(204 if good and fresh else 401)
@@ -49,9 +49,10 @@ from runwatch.core.model import Condition, Event
 from runwatch.core.timing import iso
 
 SCHEMA = "runwatch.event/1"
-EVENT_ID_HEADER = "Runwatch-Event-Id"
-TIMESTAMP_HEADER = "Runwatch-Timestamp"
-SIGNATURE_HEADER = "Runwatch-Signature"
+# The headers delivery/webhook.py sends.
+EVENT_ID_HEADER = "X-Runwatch-Event-Id"
+TIMESTAMP_HEADER = "X-Runwatch-Timestamp"
+SIGNATURE_HEADER = "X-Runwatch-Signature"
 CONTENT_TYPE = "application/json"
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
