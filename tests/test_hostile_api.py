@@ -237,7 +237,10 @@ async def test_it_ignores_a_lagging_replica_showing_an_older_generation(
         for _ in range(2):
             await cycle(daemon, clock)
         state = daemon.store.load_runs(sim.organization_id)[run_id]
-    assert titles(receiver) == [f"new {run_id} Pending Reached", f"transition {run_id} Failed Reached"]
+    assert titles(receiver) == [
+        f"new {run_id} Pending Reached",
+        f"transition {run_id} Failed Reached",
+    ]
     assert state.latest is not None and state.latest.condition == FAILED
 
 
