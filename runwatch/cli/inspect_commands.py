@@ -17,7 +17,7 @@ from runwatch.core.render import sample_events
 from runwatch.delivery.apprise_channel import ALL_URLS
 from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders, unsupported
 from runwatch.delivery.senders import Outgoing, Sender
-from runwatch.service.cycle import destinations
+from runwatch.service.cycle import destinations, styles
 from runwatch.state.sqlite import SqliteStore
 from runwatch.state.store import Lane
 
@@ -33,7 +33,7 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
         rules=config.rules,
         templates=config.templates,
         destinations=destinations(config.channels),
-        console_urls={ws.name: ws.console_url for ws in config.workspaces},
+        workspaces=styles(config),
     )
     print(
         f"\nrendered {len(items)} sample message(s) for {len(config.rules)} rule(s): OK", file=out

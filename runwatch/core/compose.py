@@ -13,12 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from runwatch.core.links import console_link
 from runwatch.core.model import Event, OutboxItem
 from runwatch.core.render import Flavour, render
 from runwatch.core.rules import Rule, Templates, route
 from runwatch.core.webhook import webhook_document
-
-DEFAULT_CONSOLE_URL = "https://vi.datature.com/org/{organization_id}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -30,9 +29,12 @@ class Destination:
     targets: tuple[str, ...]
 
 
-def console_url(event: Event, template: str = DEFAULT_CONSOLE_URL) -> str:
-    """The workspace's console link for `event` (run ids are plain at this point)."""
-    return template.format(organization_id=event.organization_id, run_id=event.run_id)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkspaceStyle:
+    """What a workspace's configuration says about its messages."""
+
+    console_url: str | None = None  # a template with {organization_id} and {run_id}
+    max_metrics: int = 6  # model metrics shown in a default message
 
 
 def outbox_items(
@@ -41,11 +43,14 @@ def outbox_items(
     rules: Sequence[Rule],
     templates: Templates,
     destinations: Mapping[str, Destination],
-    console_urls: Mapping[str, str] | None = None,  # workspace name -> console_url template
+    workspaces: Mapping[str, WorkspaceStyle] | None = None,  # by workspace name
 ) -> list[OutboxItem]:
     items: list[OutboxItem] = []
     for event in events:
-        link = console_url(event, (console_urls or {}).get(event.workspace, DEFAULT_CONSOLE_URL))
+        style = (workspaces or {}).get(event.workspace) or WorkspaceStyle()
+        link = console_link(
+            style.console_url, organization_id=event.organization_id, run_id=event.run_id
+        )
         last = event.current if event.current is not None else event.previous
         for r in route(event, tuple(rules)):
             destination = destinations.get(r.channel)
@@ -57,6 +62,8 @@ def outbox_items(
                 title=r.rule.title or templates.title,
                 body=r.rule.body or templates.body,
                 flavour="markdown" if flavour == "webhook" else flavour,
+                console_url=style.console_url,
+                max_metrics=style.max_metrics,
             )
             body = message.body
             if flavour == "webhook":

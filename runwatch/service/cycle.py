@@ -26,7 +26,7 @@ import structlog
 
 from runwatch.clock import Clock
 from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
-from runwatch.core.compose import Destination, outbox_items
+from runwatch.core.compose import Destination, WorkspaceStyle, outbox_items
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
@@ -128,7 +128,7 @@ class PollCycle:
             rules=self.config.rules,
             templates=self.config.templates,
             destinations=self.destinations,
-            console_urls={ws.name: ws.console_url for ws in self.config.workspaces},
+            workspaces=styles(self.config),
         )
 
     async def poll(self, ws: WorkspaceConfig, *, commit: bool = True) -> WorkspacePoll:
@@ -318,6 +318,14 @@ class PollCycle:
         return {
             ws.name: len(self.known.get(ws.organization_id, {})) for ws in self.config.workspaces
         }
+
+
+def styles(config: Config) -> dict[str, WorkspaceStyle]:
+    """What each workspace's configuration says about its messages."""
+    return {
+        ws.name: WorkspaceStyle(console_url=ws.console_url, max_metrics=ws.enrich.max_metrics)
+        for ws in config.workspaces
+    }
 
 
 def _discard(states: Sequence[RunState]) -> None:
