@@ -366,7 +366,7 @@ def _context(event: Event, flavour: Flavour) -> dict[str, object]:
         "previous": None if previous is None else previous.condition,
         "previous_status": None if previous is None else previous.status,
         "skipped": tuple(c.condition for c in event.skipped),
-        "emoji": _emoji(event, last),
+        "emoji": emoji_for(event),
         "transition_time": None if last is None else _iso(last.last_transition_time),
         "duration": None if seconds is None else human_duration(seconds),
         "duration_seconds": seconds,
@@ -377,7 +377,9 @@ def _context(event: Event, flavour: Flavour) -> dict[str, object]:
     }
 
 
-def _emoji(event: Event, last: Condition | None) -> str:
+def emoji_for(event: Event) -> str:
+    """The emoji that leads a message about `event` (its condition, or deleted)."""
+    last = event.current if event.current is not None else event.previous
     if event.kind == "deleted":
         return _DELETED_EMOJI
     return _OTHER_EMOJI if last is None else _EMOJI.get(last.condition, _OTHER_EMOJI)
