@@ -171,25 +171,28 @@ class SlackSender:
 
     async def send(self, message: Outgoing, *, timeout: float) -> SendOutcome:
         parts = list(message.parts) or [message.body]
-        keys = list(message.event_keys) or [message.title]
-        titles = list(message.titles) or [message.title] * len(parts)
+        keys = [*message.event_keys, *(f"part-{i}" for i in range(len(message.event_keys),
+                                                                   len(parts)))]  # fmt: skip
+        titles = [*message.titles, *([message.title] * (len(parts) - len(message.titles)))]
+        rows = [read_row(part) for part in parts]
+        # Consecutive rows of one run incarnation make one step of the send; a row not
+        # written for Slack (a self-alert) is a message of its own.
+        segments: list[list[int]] = []
+        for i, row in enumerate(rows):
+            last = rows[segments[-1][-1]] if segments else None
+            if row is not None and last is not None and _same_run(row, last):
+                segments[-1].append(i)
+            else:
+                segments.append([i])
         steps: list[str] = []
         details: list[str] = []
-        i = 0
-        while i < len(parts):
-            row = read_row(parts[i])
-            if row is None:  # a self-alert, or a row written before the channel was Slack
-                outcome = await self._alert(titles[i], parts[i], keys[i], steps, timeout)
-                i += 1
-            else:
-                group: list[tuple[SlackRow, str]] = []
-                while i < len(parts) and (r := read_row(parts[i])) is not None and (
-                    r.run,
-                    r.incarnation,
-                ) == (row.run, row.incarnation):
-                    group.append((r, keys[i]))
-                    i += 1
+        for segment in segments:
+            group = [(row, keys[i]) for i in segment if (row := rows[i]) is not None]
+            if group:
                 outcome = await self._run(group, steps, timeout)
+            else:
+                i = segment[0]
+                outcome = await self._alert(titles[i], parts[i], keys[i], steps, timeout)
             if not outcome.ok:
                 return outcome
             details.append(outcome.detail)
@@ -225,9 +228,7 @@ class SlackSender:
         elif any(row.edit for row in rows) and not self._seen(steps, _show_step(stored, shown)):
             answer = await self._call(UPDATE, _update_args(stored, shown.message), timeout)
             if answer.error == "message_not_found":  # deleted in Slack: post a fresh one
-                log.warning("slack.message_gone", channel=self._name, run=shown.run,
-                            ts=stored.ts, hint="posting a fresh message for the run")  # fmt: skip
-                answer = await self._post(dict(shown.message), timeout)
+                answer = await self._repost(stored, shown, timeout)
                 if not answer.ok:
                     return _failed(answer)
                 stored = self._record(shown, answer.data, steps)
@@ -255,6 +256,14 @@ class SlackSender:
                 # would tell it twice.
                 broadcast = bool(row.reply.get("reply_broadcast")) and not (fresh and row is shown)
                 answer = await self._post(_reply(stored, row.reply, broadcast), timeout)
+                if answer.error == "thread_not_found":  # its message was deleted meanwhile
+                    answer = await self._repost(stored, shown, timeout)
+                    if not answer.ok:
+                        return _failed(answer)
+                    stored, fresh = self._record(shown, answer.data, steps), True
+                    done = f"posted {stored.ts} (the message before was deleted)"
+                    broadcast = broadcast and row is not shown
+                    answer = await self._post(_reply(stored, row.reply, broadcast), timeout)
                 if not answer.ok:
                     return _failed(answer)
                 self._mark(steps, step)
@@ -263,6 +272,12 @@ class SlackSender:
             verdict="ok", detail=done + (f", {replies} thread repl{'y' if replies == 1 else 'ies'}"
                                          if replies else "")
         )  # fmt: skip
+
+    async def _repost(self, gone: SlackMessage, shown: SlackRow, timeout: float) -> _Answer:
+        """Post the run's message again: someone deleted the one Slack had."""
+        log.warning("slack.message_gone", channel=self._name, run=shown.run, ts=gone.ts,
+                    hint="posting a fresh message for the run")  # fmt: skip
+        return await self._post(dict(shown.message), timeout)
 
     def _seen(self, steps: list[str], step: str) -> bool:
         """Whether an attempt before did `step`; either way it belongs to this send now."""
@@ -430,6 +445,10 @@ class SlackSender:
 
     def _now_ms(self) -> int:
         return round(self._clock.time() * 1000)
+
+
+def _same_run(a: SlackRow, b: SlackRow) -> bool:
+    return (a.run, a.incarnation) == (b.run, b.incarnation)
 
 
 def _failed(answer: _Answer) -> SendOutcome:
