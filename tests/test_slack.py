@@ -21,6 +21,7 @@ from harness import DaemonProcess, FakeClock, daemon_on, run_cli, write_config
 from receiver import Receiver
 from structlog.testing import capture_logs
 
+from runwatch.config.loading import load_config
 from runwatch.config.settings import SlackConfig
 from runwatch.core.model import Condition, Event
 from runwatch.core.slack_blocks import slack_row
@@ -393,6 +394,7 @@ async def test_it_checks_a_slack_channel_by_posting_and_editing_a_test_message(
     assert checked.code == 0 and "Slack #ml-runs" in checked.stdout
     for text in (outcome.stdout, outcome.stderr, checked.stdout, checked.stderr):
         assert TOKEN not in text
+    assert TOKEN in load_config(cfg).secrets  # registered for redaction like every secret
 
 
 def test_it_loses_no_update_when_killed_between_the_post_and_its_record(
