@@ -11,8 +11,9 @@ update needs the id), and answers `{"ok": true, "channel": ..., "ts": ...}` or
 
 It keeps the channel's messages (top-level and thread replies, each with its edits) and
 records every call. Tests steer it: `fail(method, ...)` queues answers (HTTP 429 with
-Retry-After, `ok:false` errors, HTTP 5xx), `hold(method)` does the call's work and then
-keeps its answer back until `release()` (the client waits, or is killed meanwhile),
+Retry-After, `ok:false` errors, HTTP 5xx), `slow(method, seconds)` answers late,
+`hold(method)` does the call's work and then keeps its answer back until `release()` (the
+client waits, or is killed meanwhile),
 `delete(ts)` removes a message as a person would, and `revoke()` kills the token. Waits are
 condition waits with a deadline, never sleeps.
 """
@@ -90,6 +91,7 @@ class FakeSlack:
         self._revoked = False
         self._faults: dict[str, list[_Fault]] = {}
         self._held: set[str] = set()
+        self._delays: dict[str, float] = {}
         self._release = threading.Event()
         self._closing = threading.Event()
         self._ids = itertools.count(1)
@@ -159,6 +161,11 @@ class FakeSlack:
             self._held.add(method)
             self._release.clear()
 
+    def slow(self, method: str, seconds: float) -> None:
+        """Answer every later call of `method` only after `seconds` (real time): Slack slow."""
+        with self._changed:
+            self._delays[method] = seconds
+
     def release(self) -> None:
         self._release.set()
 
@@ -213,6 +220,7 @@ class FakeSlack:
                 faults.remove(fault)
             held = method in self._held
             self._held.discard(method)
+            delay = self._delays.get(method, 0.0)
             if fault is not None:
                 status, answer = fault.status, {"ok": False, "error": fault.error or "fault"}
                 extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
@@ -223,8 +231,10 @@ class FakeSlack:
             self._changed.notify_all()
         if held:
             self._release.wait()
-            if self._closing.is_set():
-                return 0, {}, b""  # closing: drop the connection unanswered
+        elif delay > 0:
+            self._closing.wait(delay)
+        if self._closing.is_set():
+            return 0, {}, b""  # closing: drop the connection unanswered
         if fault is not None and fault.body is not None:
             return status, {**extra, "Content-Type": "text/html"}, fault.body
         if fault is not None and fault.error is None and status >= 500:

@@ -512,11 +512,11 @@ async def test_it_calls_an_unanswered_post_unknown_and_an_unanswered_edit_a_retr
     slack.release()
     assert posted.verdict == "unknown" and "got no answer: ReadTimeout" in posted.detail
     assert (await target.send(outgoing(row("Pending", 2_000)), timeout=5.0)).ok
-    slack.hold(UPDATE)
+    slack.slow(UPDATE, 0.6)
     edited = await target.send(outgoing(row("Running", 3_000)), timeout=0.3)
-    slack.release()
-    await target.aclose()
     assert edited.verdict == "retry" and "got no answer" in edited.detail
+    assert (await target.send(outgoing(row("Running", 3_000)), timeout=5.0)).ok  # slow, not out
+    await target.aclose()
 
 
 async def test_it_retries_a_failed_reply_without_repeating_the_edit(slack: FakeSlack) -> None:
