@@ -3,8 +3,10 @@ row per target.
 
 Rendering happens here, before the commit, so the outbox holds the exact text to send: a
 reload of templates never changes a message already promised, and delivery needs nothing
-but the row. A channel with several targets (an Apprise channel's URLs) gets one row per
-target, all with the same text, so each target's delivery is tracked on its own.
+but the row. A Slack channel's row holds its message as Block Kit JSON (a fixed layout:
+templates set its title, which listings show, not its blocks). A channel with several
+targets (an Apprise channel's URLs) gets one row per target, all with the same text, so
+each target's delivery is tracked on its own.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from runwatch.core.links import console_link
 from runwatch.core.model import Event, OutboxItem
 from runwatch.core.render import Flavour, render
 from runwatch.core.rules import Rule, Templates, route
+from runwatch.core.slack_blocks import slack_row
 from runwatch.core.webhook import webhook_document
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Destination:
-    """How a channel's rows are written: in which markup (or as a webhook's JSON document),
-    and for which targets."""
+    """How a channel's rows are written: in which markup (or as a webhook's JSON document,
+    or as a Slack message's blocks: `core.slack_blocks`), and for which targets."""
 
-    flavour: Flavour | Literal["webhook"]
+    flavour: Flavour | Literal["webhook", "slack"]
     targets: tuple[str, ...]
 
 
@@ -61,13 +64,15 @@ def outbox_items(
                 event,
                 title=r.rule.title or templates.title,
                 body=r.rule.body or templates.body,
-                flavour="markdown" if flavour == "webhook" else flavour,
+                flavour="markdown" if flavour == "webhook" or flavour == "slack" else flavour,
                 console_url=style.console_url,
                 max_metrics=style.max_metrics,
             )
             body = message.body
             if flavour == "webhook":
                 body = webhook_document(event, console_url=link).decode()
+            elif flavour == "slack":  # the title stays the rendered one: listings show it
+                body = slack_row(event, console_url=link)
             for target in destination.targets:
                 items.append(
                     OutboxItem(

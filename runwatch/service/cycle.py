@@ -336,7 +336,7 @@ def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination
     """How each channel's rows are written, and for which of its targets."""
     return {
         name: Destination(
-            flavour="webhook" if channel.kind == "webhook" else flavour_of(channel),
+            flavour=channel.kind if channel.kind in ("webhook", "slack") else flavour_of(channel),
             targets=targets_of(channel),
         )
         for name, channel in channels.items()

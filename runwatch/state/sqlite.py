@@ -41,7 +41,9 @@ from runwatch.state.sqlite_schema import (
     corrupt,
     store_error,
 )
-from runwatch.state.store import OutboxStats, PollCommit, WorkspaceMeta
+from runwatch.state.sqlite_slack import SqliteSlackMessages
+from runwatch.state.sqlite_slack import prune as prune_slack_messages
+from runwatch.state.store import OutboxStats, PollCommit, SlackMessage, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.sqlite")
 
@@ -57,6 +59,7 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._last_prune_ms = 0
         self._outbox = SqliteOutbox(self)
+        self._slack = SqliteSlackMessages(self)
 
     @classmethod
     def open(
@@ -469,10 +472,21 @@ class SqliteStore:
     def outbox_stats(self, now_ms: int) -> OutboxStats:
         return self._outbox.stats(now_ms)
 
+    # -- the native Slack channel's messages -----------------------------------------------
+
+    def slack_message(self, channel: str, run_key: str, incarnation: int) -> SlackMessage | None:
+        """The message a Slack channel posted for this run incarnation, if it did."""
+        return self._slack.get(channel, run_key, incarnation)
+
+    def set_slack_message(self, message: SlackMessage) -> None:
+        """Record where a run's message is (after posting it, or editing it: `updated_at`)."""
+        self._slack.put(message)
+
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget sent rows and events older than 30 days; dead rows and their events stay."""
+        """Forget sent rows, events and Slack message ids older than 30 days; dead rows and
+        their events stay."""
         cutoff = now_ms - RETENTION_MS
         with self.writing("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
@@ -482,6 +496,7 @@ class SqliteStore:
                 "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",
                 (cutoff,),
             )
+            prune_slack_messages(tx, cutoff)
         self._last_prune_ms = now_ms
 
     def _prune_quietly(self, now_ms: int) -> None:
