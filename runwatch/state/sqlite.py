@@ -32,13 +32,12 @@ from runwatch.state.rows import (
 from runwatch.state.sqlite_outbox import SqliteOutbox
 from runwatch.state.sqlite_outbox import insert as insert_outbox
 from runwatch.state.sqlite_schema import (
-    APPLICATION_ID,
     BUSY_TIMEOUT_MS,
     MIGRATIONS,
     PRUNE_EVERY_MS,
     RETENTION_MS,
     SCHEMA_VERSION,
-    corrupt,
+    check_file,
     store_error,
 )
 from runwatch.state.sqlite_slack import SqliteSlackMessages
@@ -154,31 +153,8 @@ class SqliteStore:
 
     def _check(self) -> int:
         """The schema version, after refusing a file that is not (a usable) runwatch state."""
-        conn = self._conn
-        with self.reading("opening it"):
-            # Read-only checks first: nothing is written to a file we may refuse.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the state database {self._path} was written by a newer runwatch "
-                    f"(schema {version} > {SCHEMA_VERSION}); upgrade runwatch or point "
-                    "state.path elsewhere — refusing to touch it"
-                )
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if (version == 0 and tables) or (version > 0 and app_id != APPLICATION_ID):
-                raise StoreError(
-                    f"{self._path} is an SQLite database of another program, not runwatch's "
-                    "state; point state.path elsewhere — refusing to touch it"
-                )
-            if version > 0:
-                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-                if problems != ["ok"]:
-                    raise corrupt(
-                        self._path, "quick_check: " + " ".join(problems).replace("\n", " ")
-                    )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return int(version)
+        with self.reading("opening it") as conn:
+            return check_file(conn, self._path)
 
     def _prepare(self, max_pages: int | None) -> None:
         conn = self._conn

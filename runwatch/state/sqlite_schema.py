@@ -220,3 +220,31 @@ def corrupt(path: Path, why: str) -> StoreError:
         "refusing to touch it. Restore it from a backup, or move it aside to start over "
         "(runwatch will then record every run again as a silent baseline)"
     )
+
+
+def check_file(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the database behind `conn`, after refusing one that is not (a
+    usable) runwatch state: written by a newer runwatch, another program's, or damaged.
+
+    Read-only: nothing is written to a file that may be refused.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the state database {path} was written by a newer runwatch "
+            f"(schema {version} > {SCHEMA_VERSION}); upgrade runwatch or point "
+            "state.path elsewhere — refusing to touch it"
+        )
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if (version == 0 and tables) or (version > 0 and app_id != APPLICATION_ID):
+        raise StoreError(
+            f"{path} is an SQLite database of another program, not runwatch's "
+            "state; point state.path elsewhere — refusing to touch it"
+        )
+    if version > 0:
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise corrupt(path, "quick_check: " + " ".join(problems).replace("\n", " "))
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return version
