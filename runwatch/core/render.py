@@ -374,6 +374,11 @@ def _context(event: Event, flavour: Flavour) -> dict[str, object]:
         "log": event.log,
         "console_url": CONSOLE_URL.format(organization_id=event.organization_id),
         "flavour": flavour,
+        # overdue events: the time rule, how long the condition has held, which notice
+        "rule": event.rule,
+        "elapsed": None if event.elapsed_s is None else human_duration(event.elapsed_s),
+        "elapsed_seconds": event.elapsed_s,
+        "reminder": event.reminder,
     }
 
 
