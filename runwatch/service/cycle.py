@@ -2,7 +2,8 @@
 
 Theory: a cycle is the unit of work of the daemon. For each workspace it plans (what kind of
 poll is due, from the store), observes (the poller walks the API and folds what it sees into
-events, against the runs known in memory), composes (routes and renders each event into
+events, against the runs known in memory; the time rules add the overdue notices due, from
+the same runs, with no request of their own), composes (routes and renders each event into
 outbox rows) and commits state, events and rows in ONE store transaction. Nothing is sent
 before that commit: a crash between the two can neither lose a notification nor, after a
 restart, detect the same transition again.
@@ -18,6 +19,7 @@ alone: its report says why and the other workspaces commit as usual.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
 from runwatch.core.compose import Destination, outbox_items
 from runwatch.core.model import OutboxItem
 from runwatch.core.run_index import RunIndex
+from runwatch.core.timing import with_overdue
 from runwatch.core.transitions import choose_kind, terminal_conditions
 from runwatch.delivery.lanes import flavour_of, targets_of
 from runwatch.errors import (
@@ -121,6 +124,23 @@ class PollCycle:
             max_concurrency=poll.max_concurrency,
         )
 
+    def time_rules(
+        self, ws: WorkspaceConfig, known: RunIndex, outcome: PollOutcome, now_ms: int
+    ) -> PollOutcome:
+        """`outcome` with the overdue notices due now added (none on a baseline, which tells
+        nothing: a run already overdue then is told at the next poll; see core.timing)."""
+        if outcome.kind == "baseline":
+            return outcome
+        diff = with_overdue(
+            outcome.diff,
+            known.unfinished(),
+            self.config.rules,
+            workspace=ws.name,
+            now_ms=now_ms,
+            terminal=self.terminal,
+        )
+        return outcome if diff is outcome.diff else dataclasses.replace(outcome, diff=diff)
+
     def compose(self, outcome: PollOutcome) -> list[OutboxItem]:
         """The outbox rows the events of `outcome` make under the current rules."""
         return outbox_items(
@@ -145,6 +165,7 @@ class PollCycle:
             outcome = await poll_workspace(
                 self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
             )
+            outcome = self.time_rules(ws, known, outcome, now_ms)
             items = self.compose(outcome)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
         except (ViError, StoreError) as exc:
