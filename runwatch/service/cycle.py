@@ -4,9 +4,9 @@ Theory: a cycle is the unit of work of the daemon. For each workspace it plans (
 poll is due, from the store), observes (the poller walks the API and folds what it sees into
 events, against the runs known in memory; the time rules add the overdue notices due, from
 the same runs, with no request of their own), composes (routes and renders each event into
-outbox rows) and commits state, events and rows in ONE store transaction. Nothing is sent
-before that commit: a crash between the two can neither lose a notification nor, after a
-restart, detect the same transition again.
+outbox rows, those an active mute silences written "muted") and commits state, events and
+rows in ONE store transaction. Nothing is sent before that commit: a crash between the two
+can neither lose a notification nor, after a restart, detect the same transition again.
 
 With `commit=False` a cycle computes exactly the same, and writes nothing: not the store,
 not the runs known in memory. `runwatch once --dry-run` is that mode, so what it prints is
@@ -30,6 +30,7 @@ from runwatch.clock import Clock
 from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
 from runwatch.core.compose import Destination, outbox_items
 from runwatch.core.model import OutboxItem
+from runwatch.core.mutes import apply_mutes
 from runwatch.core.run_index import RunIndex
 from runwatch.core.timing import with_overdue
 from runwatch.core.transitions import choose_kind, terminal_conditions
@@ -166,7 +167,9 @@ class PollCycle:
                 self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
             )
             outcome = self.time_rules(ws, known, outcome, now_ms)
-            items = self.compose(outcome)
+            # Mutes are read at every poll: `runwatch mute` takes effect at the next one.
+            mutes = self._store.mutes.active(now_ms)
+            items = apply_mutes(self.compose(outcome), outcome.diff.events, mutes, now_ms)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
         except (ViError, StoreError) as exc:
             # A StoreError rolled the commit back whole and `known` is untouched: the next
@@ -193,6 +196,7 @@ class PollCycle:
                 seen=outcome.runs_seen,
                 events=len(outcome.diff.events),
                 queued=queued,
+                muted=sum(1 for item in items if item.state == "muted"),
                 pages=outcome.pages,
                 gets=outcome.gets,
                 ms=ms,

@@ -21,6 +21,7 @@ import structlog
 
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
+from runwatch.state import sqlite_mutes
 from runwatch.state.rows import (
     RUN_COLUMNS,
     RUN_PLACEHOLDERS,
@@ -29,6 +30,7 @@ from runwatch.state.rows import (
     run_from_row,
     run_params,
 )
+from runwatch.state.sqlite_mutes import SqliteMutes
 from runwatch.state.sqlite_outbox import SqliteOutbox
 from runwatch.state.sqlite_outbox import insert as insert_outbox
 from runwatch.state.sqlite_schema import (
@@ -57,6 +59,7 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._last_prune_ms = 0
         self._outbox = SqliteOutbox(self)
+        self._mutes = SqliteMutes(self)
 
     @classmethod
     def open(
@@ -433,14 +436,22 @@ class SqliteStore:
     def outbox_stats(self, now_ms: int) -> OutboxStats:
         return self._outbox.stats(now_ms)
 
+    @property
+    def mutes(self) -> SqliteMutes:
+        return self._mutes
+
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget sent rows and events older than 30 days; dead rows and their events stay."""
+        """Forget sent rows, events and ended mutes older than 30 days; dead rows and their
+        events stay."""
         cutoff = now_ms - RETENTION_MS
         with self.writing("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
+            # Muted rows are settled as sent ones are: never to be sent, kept as long.
+            tx.execute("DELETE FROM outbox WHERE state = 'muted' AND created_at < ?", (cutoff,))
             tx.execute("DELETE FROM runs WHERE deleted_at < ?", (cutoff,))
+            sqlite_mutes.prune(tx, cutoff)
             tx.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from runwatch.core.model import Event, OutboxItem, RunState
+from runwatch.core.mutes import Mute
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,6 +67,8 @@ class OutboxStats:
     oldest_pending_age: float  # seconds; 0.0 when nothing is pending
     uncertain: int = 0  # possibly delivered: gave up not knowing whether the target got it
     uncertain_by_channel: Mapping[str, int] = field(default_factory=dict)
+    muted: int = 0  # recorded for muted events, never sent (kept 30 days)
+    dropped: int = 0  # dropped by the operator (kept)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -113,6 +116,16 @@ class Outbox(Protocol):
     def stats(self, now_ms: int) -> OutboxStats: ...
 
 
+class Mutes(Protocol):
+    """The operator's mutes (see `runwatch.core.mutes`): read at every poll, changed by the
+    `mute`/`unmute` commands in short transactions of their own."""
+
+    def add(self, mute: Mute) -> Mute: ...
+    def active(self, now_ms: int) -> list[Mute]: ...
+    def remove(self, ids: Sequence[int], now_ms: int) -> int: ...
+    def remove_all(self, now_ms: int) -> int: ...
+
+
 class StateStore(Protocol):
     """What the daemon and the commands need of a state store; every backend provides it."""
 
@@ -129,6 +142,8 @@ class StateStore(Protocol):
     def outbox_stats(self, now_ms: int) -> OutboxStats: ...
     @property
     def outbox(self) -> Outbox: ...
+    @property
+    def mutes(self) -> Mutes: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
     def close(self) -> None: ...
