@@ -42,6 +42,7 @@ from runwatch.errors import (
     ViRateLimitedError,
     ViServerError,
 )
+from runwatch.logs import redactor
 from runwatch.service.metrics import Metrics
 from runwatch.service.status import PollReport, iso
 from runwatch.state.store import PollCommit, StateStore, WorkspaceMeta
@@ -177,10 +178,10 @@ class PollCycle:
             # loses none.
             if commit and isinstance(exc, ViRateLimitedError | ViServerError):
                 self._wait_out(ws, exc.retry_after, now_ms)
-            return WorkspacePoll(report=self._failed(ws, kind, exc))
+            return WorkspacePoll(report=self._failed(ws, kind, exc, now_ms if commit else None))
         except Exception as exc:  # a bug must fail this poll, never the daemon
             log.exception("poll.crashed", workspace=ws.name, kind=kind)
-            return WorkspacePoll(report=self._failed(ws, kind, exc))
+            return WorkspacePoll(report=self._failed(ws, kind, exc, now_ms if commit else None))
         ms = round((self._clock.monotonic() - started) * 1000)
         if commit:
             if meta.resume_at is not None:
@@ -267,12 +268,16 @@ class PollCycle:
         )
         return PollReport(workspace=ws.name, ok=False, kind="deferred", error=error)
 
-    def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
+    def _failed(
+        self, ws: WorkspaceConfig, kind: str, exc: Exception, now_ms: int | None = None
+    ) -> PollReport:
         if isinstance(exc, ViError | StoreError):
             reason = type(exc).__name__.removeprefix("Vi").removesuffix("Error").lower()
             error = str(exc)
         else:
             reason, error = "internal", f"internal error ({type(exc).__name__}); see the log"
+        if now_ms is not None:
+            self._record_failure(ws, now_ms, error)
         self._metrics.poll_failures.labels(ws.name, reason or "error").inc()
         # The API's faults pass by themselves; the state store's and runwatch's own need the
         # operator (a bug was logged with its traceback where it was caught).
@@ -288,6 +293,13 @@ class PollCycle:
             auth_failed=isinstance(exc, ViAuthError),
             store_failed=isinstance(exc, StoreError),
         )
+
+    def _record_failure(self, ws: WorkspaceConfig, now_ms: int, error: str) -> None:
+        """Keep the failure in the store, for `runwatch status` in another process."""
+        try:
+            self._store.record_poll_failure(ws.organization_id, now_ms, redactor()(error))
+        except StoreError as exc:  # (the store's own failure is what is being reported)
+            log.debug("poll.failure_not_recorded", workspace=ws.name, error=str(exc))
 
     def _client(self, ws: WorkspaceConfig) -> ViClient:
         poll, tls = self.config.poll, self.config.tls

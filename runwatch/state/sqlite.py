@@ -113,22 +113,10 @@ class SqliteStore:
         change one a daemon is using. A database of an older schema is copied into memory and
         migrated there, so an upgraded runwatch can still read it before its daemon restarts.
         """
-        path = Path(path)
-        if not path.exists():
+        store = cls._existing(Path(path), "ro", clock)
+        if store is None:
             return None
-        if not path.is_file():
-            raise StoreError(f"the state path {path} exists but is not a file; fix state.path")
-        try:
-            conn = sqlite3.connect(
-                f"{path.absolute().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-        except sqlite3.Error as e:
-            raise store_error(e, path, "opening it to read") from e
-        store = cls(conn, path, clock)
+        conn = store._conn
         try:
             version = store._check()
             if version < SCHEMA_VERSION:
@@ -142,6 +130,52 @@ class SqliteStore:
             conn.close()
             raise
         return store
+
+    @classmethod
+    def open_existing(
+        cls, path: Path, *, clock: Callable[[], float] = time.time
+    ) -> SqliteStore | None:
+        """The state database at `path` for the operator's short writes (mutes, outbox rows),
+        or None when there is none. Never creates, migrates or prunes, takes no writer lock:
+        a daemon may be using the file. Another schema than ours is refused (the daemon
+        migrates the file when it starts). As root, SQLite gives the -wal and -shm files it
+        creates the database file's owner, so the service can still open them."""
+        store = cls._existing(Path(path), "rw", clock)
+        if store is None:
+            return None
+        try:
+            version = store._check()
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"the state database {path} has schema {version}, and this runwatch writes "
+                    f"schema {SCHEMA_VERSION}: restart the daemon (it migrates the file when it "
+                    "starts), then try again"
+                )
+            with store.reading("opening it"):
+                store._conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def _existing(cls, path: Path, mode: str, clock: Callable[[], float]) -> SqliteStore | None:
+        """A store on the file at `path` opened in SQLite URI `mode`, never creating it."""
+        if not path.exists():
+            return None
+        if not path.is_file():
+            raise StoreError(f"the state path {path} exists but is not a file; fix state.path")
+        try:
+            conn = sqlite3.connect(
+                f"{path.absolute().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as e:
+            raise store_error(e, path, "opening it" + (" to read" if mode == "ro" else "")) from e
+        return cls(conn, path, clock)
 
     @classmethod
     def empty(cls, *, clock: Callable[[], float] = time.time) -> SqliteStore:
