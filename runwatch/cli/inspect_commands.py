@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from runwatch.cli.startup import load
+from runwatch.cli.state_access import read
 from runwatch.config.describe import describe
 from runwatch.config.settings import Config
 from runwatch.core.compose import outbox_items
@@ -23,7 +24,6 @@ from runwatch.delivery.apprise_channel import ALL_URLS
 from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders, unsupported
 from runwatch.delivery.senders import Outgoing, Sender
 from runwatch.service.cycle import destinations
-from runwatch.state.sqlite import SqliteStore
 from runwatch.state.sqlite_runs import latest_runs
 from runwatch.state.store import Lane
 
@@ -110,9 +110,8 @@ def runs(
 ) -> int:
     """The tracked runs, newest change first, at most `limit` (0: all of them)."""
     names = {ws.organization_id: ws.name for ws in config.workspaces}
-    store = SqliteStore.open_read_only(config.state.sqlite_path())
+    store = read(config, out)
     if store is None:
-        print(f"no state file at {config.state.sqlite_path()} yet: nothing is tracked", file=out)
         return 0
     with store:
         states, total = latest_runs(
