@@ -29,6 +29,7 @@ from runwatch.state.store import OutboxRow
 
 EX_OK, EX_FAILURE, EX_USAGE = 0, 1, 2
 LISTED = 1_000  # rows `runwatch outbox` prints at most
+SCANNED = 10_000  # pending rows `runwatch status` looks at for "held" and "retrying"
 GIVEN_UP = ("dead", "uncertain")
 
 
@@ -105,7 +106,9 @@ def _outbox_summary(config: Config, store: SqliteStore | None, now: int) -> dict
     stats = store.outbox_stats(now)
     held = 0
     if any(ch.quiet_hours is not None for ch in config.channels.values()):
-        for row in store.outbox.rows(states=("pending",), limit=max(1, stats.pending)):
+        # Counted among the oldest SCANNED pending rows: a backlog larger than that is news
+        # enough, and reading it whole (bodies included) would cost more than it tells.
+        for row in store.outbox.rows(states=("pending",), limit=SCANNED):
             channel = config.channels.get(row.channel)
             quiet = None if channel is None else channel.quiet_hours
             held += quiet_hours.holds(quiet, row.condition, now)
@@ -144,7 +147,7 @@ def _failing(store: SqliteStore | None, now: int) -> list[dict[str, Any]]:
         kind, _, name = subject.partition(":")
         if kind == "channel":
             failing[name] = {"channel": name, "alerted_at": iso(alerted_ms)}
-    for row in store.outbox.rows(states=("pending",), limit=LISTED * 10):
+    for row in store.outbox.rows(states=("pending",), limit=SCANNED):
         if row.attempts and row.last_error:
             entry = failing.setdefault(row.channel, {"channel": row.channel, "alerted_at": None})
             entry["retrying"] = entry.get("retrying", 0) + 1
