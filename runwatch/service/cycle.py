@@ -276,7 +276,8 @@ class PollCycle:
             error = str(exc)
         else:
             reason, error = "internal", f"internal error ({type(exc).__name__}); see the log"
-        if now_ms is not None:
+        if now_ms is not None and not isinstance(exc, StoreError):
+            # (A store that failed is left alone: a full disk gets not one row more.)
             self._record_failure(ws, now_ms, error)
         self._metrics.poll_failures.labels(ws.name, reason or "error").inc()
         # The API's faults pass by themselves; the state store's and runwatch's own need the
@@ -298,7 +299,7 @@ class PollCycle:
         """Keep the failure in the store, for `runwatch status` in another process."""
         try:
             self._store.record_poll_failure(ws.organization_id, now_ms, redactor()(error))
-        except StoreError as exc:  # (the store's own failure is what is being reported)
+        except StoreError as exc:  # the failure is logged and reported all the same
             log.debug("poll.failure_not_recorded", workspace=ws.name, error=str(exc))
 
     def _client(self, ws: WorkspaceConfig) -> ViClient:
