@@ -199,8 +199,9 @@ class Scenario:
 def test_it_never_shows_a_secret_in_any_command_output_log_or_state(
     tmp_path: Path, receiver: Receiver, smtp: tuple[Mailbox, SmtpAuth, int]
 ) -> None:
-    """check, notify-test, once, once --dry-run, runs and run, through a 401, 500s, dropped
-    connections and failing channels at debug level: no secret in any byte they leave."""
+    """check, notify-test, once, once --dry-run, runs, status, outbox, mute(s) and run, through
+    a 401, 500s, dropped connections and failing channels at debug level: no secret in any
+    byte they leave."""
     mailbox, auth, smtp_port = smtp
     with Simulator(runs=30, active=6, seed=21, secret_key=SECRET_KEY) as sim:
         s = Scenario(tmp_path, sim, receiver, smtp_port)
@@ -235,6 +236,12 @@ def test_it_never_shows_a_secret_in_any_command_output_log_or_state(
         assert any(e["channel"] == "hook" for e in t.events("hook refusing", "delivery.failed"))
         receiver.set_mode("ok")
         s.run("runs", "runs", expect=0)
+        # The operator's commands, which show stored errors and need no secret to run.
+        s.run("status", "status", expect=0)
+        s.run("status --json", "status", "--json", expect=0)
+        s.run("outbox", "outbox", expect=0)
+        s.run("mute", "mute", "--run", active[3], "--for", "1h", "--reason", "test", expect=0)
+        s.run("mutes", "mutes", expect=0)
 
         # The daemon, through a 500, a dropped connection and a 401, until SIGTERM.
         sim.inject(Fault(kind="status", status=500))

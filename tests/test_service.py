@@ -246,6 +246,43 @@ def test_it_keeps_the_old_config_and_logs_every_error_when_a_reload_is_invalid(
     assert daemon.events("config.reloaded") == []
 
 
+def test_it_shows_a_rejected_reload_in_status_until_a_good_one(
+    tmp_path: Path,
+    receiver: Receiver,
+    notify_socket: NotifySocket,
+    start: Callable[[Path, NotifySocket | None], DaemonProcess],
+) -> None:
+    """After a rejected SIGHUP every STATUS= says the previous configuration is running; the
+    next accepted reload clears it."""
+    rejected = "reload rejected at "
+    with Simulator(runs=20, active=3, seed=5) as sim:
+        cfg = write_config(tmp_path, sim, channels={"old": receiver.apprise_url("/old")})
+        good = cfg.read_text()
+        daemon = start(cfg, notify_socket)
+        daemon.wait_for_event("poll.done", kind="baseline")
+        cfg.write_text(good.replace("interval: 1s", "interval: soon"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_event("config.reload_rejected")
+        reloading = notify_socket.wait_for(lambda d: "RELOADING" in d, "RELOADING=1")
+        ready = notify_socket.wait_for(lambda d: "READY" in d, "READY=1 after it", reloading)
+        status = notify_socket.datagrams[ready]["STATUS"]
+        assert rejected in status and "1 problem(s)" in status, status
+        assert status.endswith("the previous configuration is running")
+        later = notify_socket.wait_for(
+            lambda d: "READY" not in d and rejected in d.get("STATUS", ""),
+            "a poll's STATUS still naming the rejection",
+            after=ready + 1,
+        )
+
+        cfg.write_text(good)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for_event("config.reloaded")
+        again = notify_socket.wait_for(lambda d: "READY" in d, "READY=1 again", after=later + 1)
+        assert rejected not in notify_socket.datagrams[again]["STATUS"]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=SHUTDOWN_GRACE_S + 5) == 0
+
+
 # --- SIGTERM --------------------------------------------------------------------------------
 
 

@@ -125,10 +125,15 @@ async def _dry_run(config: Config, store: SqliteStore, out: TextIO) -> int:
         baseline = " (baseline: nothing is sent)" if report.kind == "baseline" else ""
         print(
             f"{report.workspace}: {report.kind} poll saw {poll.outcome.runs_seen} run(s); "
-            f"{report.events} event(s); {len(poll.items)} message(s) would be sent{baseline}",
+            f"{report.events} event(s); "
+            f"{sum(i.state != 'muted' for i in poll.items)} message(s) would be sent{baseline}",
             file=out,
         )
         for item in poll.items:
-            print(f"\n--> {item.channel} [{item.notify_type}] {item.title}\n{item.body}", file=out)
+            muted = " (muted: would be recorded, not sent)" if item.state == "muted" else ""
+            print(
+                f"\n--> {item.channel} [{item.notify_type}]{muted} {item.title}\n{item.body}",
+                file=out,
+            )
     print("\ndry run: nothing was recorded or sent", file=out)
     return EX_OK if all(p.report.ok for p in polls) else EX_FAILURE

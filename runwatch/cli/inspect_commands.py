@@ -1,4 +1,8 @@
-"""`runwatch check`, `notify-test` and `runs`: look at the configuration, channels and state."""
+"""`runwatch check`, `notify-test` and `runs`: look at the configuration, channels and state.
+
+`runs` reads the state without the configuration's secrets (see `state_access`), newest
+change first and at most `--limit` runs (50), so it stays readable at 100,000 tracked runs.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,18 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from runwatch.cli.startup import load
+from runwatch.cli.state_access import read
 from runwatch.config.describe import describe
 from runwatch.config.settings import Config
 from runwatch.core.compose import outbox_items
 from runwatch.core.render import sample_events
+from runwatch.core.transitions import terminal_conditions
 from runwatch.delivery.apprise_channel import ALL_URLS
 from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders, unsupported
 from runwatch.delivery.senders import Outgoing, Sender
 from runwatch.delivery.slack import SlackSender
 from runwatch.service.cycle import destinations, styles
-from runwatch.state.sqlite import SqliteStore
+from runwatch.state.sqlite_runs import latest_runs
 from runwatch.state.store import Lane
 
 __all__ = ["check", "load", "notify_test", "runs"]
@@ -104,14 +110,27 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
     return 1 if failed else 0
 
 
-def runs(config: Config, out: TextIO = sys.stdout) -> int:
+def runs(
+    config: Config,
+    out: TextIO = sys.stdout,
+    *,
+    active: bool = False,
+    condition: str | None = None,
+    limit: int = 50,
+) -> int:
+    """The tracked runs, newest change first, at most `limit` (0: all of them)."""
     names = {ws.organization_id: ws.name for ws in config.workspaces}
-    store = SqliteStore.open_read_only(config.state.sqlite_path())
+    store = read(config, out)
     if store is None:
-        print(f"no state file at {config.state.sqlite_path()} yet: nothing is tracked", file=out)
         return 0
     with store:
-        states = store.tracked_runs()
+        states, total = latest_runs(
+            store,
+            terminal=terminal_conditions(config.poll.terminal_conditions),
+            active=active,
+            condition=condition,
+            limit=limit or 2**62,
+        )
     rows = [("WORKSPACE", "RUN", "FLOW", "CONDITION", "SINCE")]
     for s in states:
         latest = s.latest
@@ -122,18 +141,21 @@ def runs(config: Config, out: TextIO = sys.stdout) -> int:
             if latest
             else "-"
         )
-        condition = f"{latest.condition} ({latest.status})" if latest else "-"
+        condition_text = f"{latest.condition} ({latest.status})" if latest else "-"
         rows.append(
             (
                 names.get(s.organization_id, s.organization_id),
                 s.run_id,
                 s.flow_name or "-",
-                condition,
+                condition_text,
                 since,
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
-    print(f"\n{len(states)} run(s) tracked", file=out)
+    which = " unfinished" if active else ""
+    which += f" in a condition matching {condition!r}" if condition is not None else ""
+    shown = f"; the {len(states)} newest shown (--limit N, 0: all)" if len(states) < total else ""
+    print(f"\n{total} run(s) tracked{which}{shown}", file=out)
     return 0

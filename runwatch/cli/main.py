@@ -23,20 +23,35 @@ EX_OK, EX_FAILURE, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 DEFAULT_CONFIG = Path("/etc/runwatch/config.yaml")
 
 # Commands meant for a terminal log only warnings by default; the daemon's own commands info.
-_QUIET_COMMANDS = frozenset({"demo", "check", "runs", "notify-test"})
+_QUIET_COMMANDS = frozenset(
+    {"demo", "check", "runs", "notify-test", "status", "outbox", "mute", "mutes", "unmute"}
+)
+# The operator's commands: they read the state without the configuration's secrets.
+_STATE_COMMANDS = {
+    "status": "operator_commands",
+    "outbox": "operator_commands",
+    "mute": "mute_commands",
+    "mutes": "mute_commands",
+    "unmute": "mute_commands",
+}
 
 
-def _common(parser: argparse.ArgumentParser, *, command: str, config: bool) -> None:
+def _common(
+    parser: argparse.ArgumentParser, *, command: str, config: bool, nested: bool = False
+) -> None:
+    """The options every command takes; `nested` for an action of a command (`outbox
+    retry`), whose options must not overwrite those given before the action."""
     default = "warning" if command in _QUIET_COMMANDS else "info"
+    unset = argparse.SUPPRESS if nested else None
     parser.add_argument(
         "--log-level",
-        default=None,
+        default=unset,
         choices=["debug", "info", "warning", "error"],
         help=f"log verbosity (default: {default})",
     )
     parser.add_argument(
         "--log-format",
-        default="auto",
+        default=argparse.SUPPRESS if nested else "auto",
         choices=["auto", "json", "console"],
         help="auto (the default): JSON lines unless stderr is a terminal",
     )
@@ -45,9 +60,16 @@ def _common(parser: argparse.ArgumentParser, *, command: str, config: bool) -> N
             "-c",
             "--config",
             type=Path,
-            default=None,
+            default=unset,
             help=f"configuration file (default: $RUNWATCH_CONFIG, else {DEFAULT_CONFIG})",
         )
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def _command(
@@ -108,12 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
         "each URL's result; exit 1 if any failed.",
     )
     p.add_argument("channels", nargs="*", metavar="CHANNEL", help="default: every channel")
-    _command(
+    p = _command(
         sub,
         "runs",
         "the tracked runs and their latest condition",
-        "Reads the state file (never creates it); safe while the daemon runs.",
+        "Newest change first (the latest condition's time). Reads the state file (never\n"
+        "creates it) without the configuration's secrets; safe while the daemon runs.",
     )
+    p.add_argument("--active", action="store_true", help="only unfinished runs")
+    p.add_argument(
+        "--condition", metavar="GLOB", help="only runs whose latest condition matches, e.g. Fail*"
+    )
+    p.add_argument(
+        "--limit", type=_count, default=50, metavar="N", help="at most N runs (default 50; 0: all)"
+    )
+    from runwatch.cli.operator_parser import add_operator_commands  # argparse only
+
+    add_operator_commands(sub, command=_command, common=_common)
     p = _command(
         sub,
         "simulate",
@@ -181,6 +214,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "run":
             return daemon_commands.run(config, config_path)
         return daemon_commands.once(config, dry_run=args.dry_run)
+    if args.command in _STATE_COMMANDS or args.command == "runs":
+        import importlib
+
+        from runwatch.cli.state_access import load_config
+
+        config = load_config(config_path)
+        if args.command == "runs":
+            from runwatch.cli.inspect_commands import runs
+
+            return runs(config, active=args.active, condition=args.condition, limit=args.limit)
+        module = importlib.import_module(f"runwatch.cli.{_STATE_COMMANDS[args.command]}")
+        status: int = module.main(args, config)
+        return status
     from runwatch.cli import inspect_commands
 
     config = inspect_commands.load(config_path)
@@ -188,8 +234,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return inspect_commands.check(config)
     if args.command == "notify-test":
         return inspect_commands.notify_test(config, args.channels)
-    if args.command == "runs":
-        return inspect_commands.runs(config)
     raise AssertionError(args.command)
 
 

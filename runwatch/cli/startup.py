@@ -15,11 +15,15 @@ from runwatch.logs import register_secrets
 log = structlog.get_logger("runwatch.cli.startup")
 
 
-def load(path: Path) -> Config:
-    """Load and validate; register secrets for redaction before anything else can log them."""
+def load(path: Path, *, need_secrets: bool = True) -> Config:
+    """Load and validate; register secrets for redaction before anything else can log them.
+
+    `need_secrets=False` for the commands that only read and change the state (status, runs,
+    outbox, mute...): an operator who cannot read the service's credentials can run them.
+    """
     register_console_schema()
     route_apprise_logging()
-    config = load_config(path)
+    config = load_config(path, need_secrets=need_secrets)
     register_secrets(config.secrets)
     for warning in config.warnings:
         log.warning("config.warning", message=warning)

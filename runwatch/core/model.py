@@ -165,7 +165,9 @@ class Event:
         Unique per occurrence: a change carries the document's generation (a run that comes
         back to a state it had before is a new change), a deletion the time it was found
         (a re-created id deleted again is announced again), an overdue notice its rule, the
-        moment its condition was entered and its number.
+        moment its condition was entered, its number and the poll that found it due (a run
+        that stalls, moves its document without changing condition, and stalls again is
+        told twice; the marks committed with the notice, not the key, keep it from repeating).
         """
         base = f"{self.organization_id}/{self.run_id}/{self.kind}"
         c = self.current
@@ -173,7 +175,7 @@ class Event:
             return f"{base}/{self.time_created}/{self.detected_at}"
         state = f"{c.condition}/{c.status}/{c.last_transition_time}"
         if self.kind == "overdue":
-            return f"{base}/{self.rule}/{state}/{self.reminder}"
+            return f"{base}/{self.rule}/{state}/{self.reminder}/{self.detected_at}"
         return f"{base}/{state}" + ("" if self.generation is None else f"/g{self.generation}")
 
 

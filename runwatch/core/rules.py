@@ -6,7 +6,10 @@ union of the channels of every matching rule, each channel once; when two rules 
 same channel, the first rule in file order provides the message templates. Deletions are
 only sent by rules that name `event: deleted` explicitly: a missing `event` criterion means
 "transition or new". A time-in-state rule (`for` / `stalled_for`) never matches a
-transition, new or deleted event: it is about time passing, and hears only of `overdue`.
+transition, new or deleted event: it is about time passing, and hears only of `overdue`
+(without an `event` criterion too); an overdue event is routed only by the rule that fired
+it (`Event.rule`), so two time rules on one condition (30m to Slack, 2h to the pager) each
+page at their own time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from runwatch.core.model import Event, EventKind
 
 # Deletions are opt-in: a rule without an `event` criterion hears of these kinds only.
 _DEFAULT_KINDS: tuple[EventKind, ...] = ("transition", "new")
+_TIMED_KINDS: tuple[EventKind, ...] = ("overdue",)  # ... and a time-in-state rule of these
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,6 +76,8 @@ def route(event: Event, rules: tuple[Rule, ...] | list[Rule]) -> list[Route]:
     """The channels `event` goes to, each once, in rule order."""
     routes: dict[str, Route] = {}
     for rule in rules:
+        if event.kind == "overdue" and rule.name != event.rule:
+            continue  # another time rule's threshold: not this rule's business
         if matches(rule.match, event):
             for channel in rule.notify:
                 # setdefault: the first matching rule that names a channel gives its templates
@@ -83,7 +89,7 @@ def matches(match: Match, event: Event) -> bool:
     """True when every criterion `match` names accepts `event`."""
     if match.timed and event.kind != "overdue":
         return False  # a time-in-state rule is about time passing, never about a change
-    if event.kind not in (match.event or _DEFAULT_KINDS):
+    if event.kind not in (match.event or (_TIMED_KINDS if match.timed else _DEFAULT_KINDS)):
         return False
     # A deleted run has no current condition; its criteria look at the last one known.
     last = event.current if event.current is not None else event.previous

@@ -3,9 +3,10 @@
 Theory: a channel's quiet hours are a daily window `[from, to)` on the wall clock of its
 time zone; `from` later than `to` wraps midnight (22:00-07:00). During the window a message
 is held unless its condition matches one of `except` (Failed and Error usually), and held
-messages go out when the window ends, as a digest when there are several. Holding is a
-question asked at delivery time, never written down, so a reload that changes or removes
-quiet hours applies at once to what is already held. Waiting never kills a message:
+messages go out when the window ends, as one digest when there are several (`held`: made
+before a window's end, not excepted). Holding is a question asked at delivery time, never
+written down, so a reload that changes or removes quiet hours applies at once to what is
+already held. Waiting never kills a message:
 `delivery.max_age` counts from the end of the last quiet window a row lived through.
 """
 
@@ -32,9 +33,22 @@ def holds(quiet: QuietHours | None, condition: str | None, now_ms: int) -> bool:
     """Whether a message about `condition` waits now (excepted conditions never wait)."""
     if quiet is None or not is_quiet(quiet, now_ms):
         return False
-    return condition is None or not any(
+    return not excepted(quiet, condition)
+
+
+def excepted(quiet: QuietHours, condition: str | None) -> bool:
+    """Whether messages about `condition` go out even in quiet hours (`except`)."""
+    return condition is not None and any(
         fnmatch.fnmatchcase(condition, pattern) for pattern in quiet.except_
     )
+
+
+def held(quiet: QuietHours | None, condition: str | None, created_ms: int, now_ms: int) -> bool:
+    """Whether a message made at `created_ms` was held by a window that has ended since: made
+    before that end, and not excepted (an excepted one was never held)."""
+    if quiet is None or excepted(quiet, condition):
+        return False
+    return last_end(quiet, created_ms, now_ms) is not None
 
 
 def last_end(quiet: QuietHours | None, since_ms: int, now_ms: int) -> int | None:

@@ -20,7 +20,10 @@ a lane, each as soon as it is due; when more are due than the window allows, the
 together as ONE digest as soon as the window lets a message go (and at once when a burst
 larger than `max_single` comes due at the same moment). Bookkeeping stays per row: a digest
 accepted marks every row in it sent, a digest failed retries every row in it. Quiet hours
-hold a channel's messages (see `quiet_hours`) until they end.
+hold a channel's messages (see `quiet_hours`) until they end; what was held then goes out as
+ONE digest when there are several, whatever the channel's burst settings. A held message
+holds back nothing: an excepted message (a Failed at 3 am) goes at once even when an earlier
+message of its run waits for the morning, and then arrives after it.
 
 Delivery is at-least-once: a row is marked sent only after its target accepted it, so the
 only duplicates are a message accepted just before a crash, before the mark, and a message
@@ -134,6 +137,15 @@ class Deliverer:
         due = _due(rows, policy, now_ms)
         if not due:
             return 0
+        quiet = policy.quiet_hours
+        released = [r for r in due if quiet_hours.held(quiet, r.condition, r.created_at, now_ms)]
+        if len(released) > 1 and not policy.coalesce:
+            # The morning after quiet hours: the night's messages as one, then the rest.
+            sent = await self._send_digest(lane, released, policy)
+            ids = {r.id for r in released}
+            waiting = set() if sent else {r.run_key for r in released}  # failed: runs wait
+            rest = [r for r in due if r.id not in ids and r.run_key not in waiting]
+            return sent + (await self._send_singles(lane, rest, policy) if rest else 0)
         digest = policy.digest
         if digest is not None and len(due) > 1:
             window = self._recent(lane, digest.window, now_ms)
@@ -393,9 +405,10 @@ class Deliverer:
             if lane not in self._senders:
                 continue
             policy = self._policy(lane[0])
-            for row in _heads(self._store.outbox.pending(lane, limit=BATCH)):
+            rows = self._store.outbox.pending(lane, limit=BATCH)
+            for row, held in _heads(rows, policy, now_ms):
                 at = max(row.next_attempt_at, self._wait_until.get(lane, 0))
-                if quiet_hours.holds(policy.quiet_hours, row.condition, now_ms):
+                if held:
                     assert policy.quiet_hours is not None
                     at = max(at, quiet_hours.next_change(policy.quiet_hours, now_ms))
                 due = at if due is None else min(due, at)
@@ -459,30 +472,36 @@ def _start(row: OutboxRow, policy: ChannelPolicy, now_ms: int) -> int:
     return row.created_at if released is None else max(row.created_at, released)
 
 
-def _heads(rows: Sequence[OutboxRow]) -> list[OutboxRow]:
-    """The oldest pending row of each run (what may go next), in order."""
-    seen: set[str] = set()
+def _heads(
+    rows: Sequence[OutboxRow], policy: ChannelPolicy, now_ms: int
+) -> list[tuple[OutboxRow, bool]]:
+    """The rows that may go next, each with whether quiet hours hold it: of each run, its
+    held rows and its first row that is not held (which holds back the rest), in order."""
+    blocked: set[str] = set()
     heads = []
     for row in rows:
-        if row.run_key not in seen:
-            seen.add(row.run_key)
-            heads.append(row)
+        if row.run_key in blocked:
+            continue
+        held = quiet_hours.holds(policy.quiet_hours, row.condition, now_ms)
+        if not held:
+            blocked.add(row.run_key)
+        heads.append((row, held))
     return heads
 
 
 def _due(rows: Sequence[OutboxRow], policy: ChannelPolicy, now_ms: int) -> list[OutboxRow]:
-    """The rows that may go now, in order: each run's rows from its oldest, while each is due
-    and not held; a run whose oldest row waits holds back all its rows."""
+    """The rows that may go now, in order: each run's rows from its oldest, while each is due;
+    a run whose row waits for its retry holds back its later rows, a row held by quiet hours
+    none (it is not failing: an excepted message behind it goes at once)."""
     blocked: set[str] = set()
     due: list[OutboxRow] = []
     for row in rows:
         if row.run_key in blocked:
             continue
-        if row.next_attempt_at > now_ms or quiet_hours.holds(
-            policy.quiet_hours, row.condition, now_ms
-        ):
+        if row.next_attempt_at > now_ms:
             blocked.add(row.run_key)
+            continue
+        if quiet_hours.holds(policy.quiet_hours, row.condition, now_ms):
             continue
         due.append(row)
     return due
-

@@ -2,10 +2,11 @@
 
 Theory: a cycle is the unit of work of the daemon. For each workspace it plans (what kind of
 poll is due, from the store), observes (the poller walks the API and folds what it sees into
-events, against the runs known in memory), composes (routes and renders each event into
-outbox rows) and commits state, events and rows in ONE store transaction. Nothing is sent
-before that commit: a crash between the two can neither lose a notification nor, after a
-restart, detect the same transition again.
+events, against the runs known in memory; the time rules add the overdue notices due, from
+the same runs, with no request of their own), composes (routes and renders each event into
+outbox rows, those an active mute silences written "muted") and commits state, events and
+rows in ONE store transaction. Nothing is sent before that commit: a crash between the two
+can neither lose a notification nor, after a restart, detect the same transition again.
 
 With `commit=False` a cycle computes exactly the same, and writes nothing: not the store,
 not the runs known in memory. `runwatch once --dry-run` is that mode, so what it prints is
@@ -18,6 +19,7 @@ alone: its report says why and the other workspaces commit as usual.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from runwatch.clock import Clock
 from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
 from runwatch.core.compose import Destination, WorkspaceStyle, outbox_items
 from runwatch.core.model import OutboxItem, RunState
+from runwatch.core.mutes import apply_mutes
+from runwatch.core.overdue import with_overdue
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
 from runwatch.delivery.lanes import flavour_of, targets_of
@@ -38,6 +42,7 @@ from runwatch.errors import (
     ViRateLimitedError,
     ViServerError,
 )
+from runwatch.logs import redactor
 from runwatch.service.metrics import Metrics
 from runwatch.service.status import PollReport, iso
 from runwatch.state.store import PollCommit, StateStore, WorkspaceMeta
@@ -121,6 +126,23 @@ class PollCycle:
             max_concurrency=poll.max_concurrency,
         )
 
+    def time_rules(
+        self, ws: WorkspaceConfig, known: RunIndex, outcome: PollOutcome, now_ms: int
+    ) -> PollOutcome:
+        """`outcome` with the overdue notices due now added (none on a baseline, which tells
+        nothing: a run already overdue then is told at the next poll; see core.timing)."""
+        if outcome.kind == "baseline":
+            return outcome
+        diff = with_overdue(
+            outcome.diff,
+            known.unfinished(),
+            self.config.rules,
+            workspace=ws.name,
+            now_ms=now_ms,
+            terminal=self.terminal,
+        )
+        return outcome if diff is outcome.diff else dataclasses.replace(outcome, diff=diff)
+
     def compose(self, outcome: PollOutcome) -> list[OutboxItem]:
         """The outbox rows the events of `outcome` make under the current rules."""
         return outbox_items(
@@ -152,7 +174,10 @@ class PollCycle:
                 load=lambda run_ids: self._store.load_run_states(org, run_ids),
                 flush=self._baseline_part(known, org) if commit else _discard,
             )
-            items = self.compose(outcome)
+            outcome = self.time_rules(ws, known, outcome, now_ms)
+            # Mutes are read at every poll: `runwatch mute` takes effect at the next one.
+            mutes = self._store.mutes.active(now_ms)
+            items = apply_mutes(self.compose(outcome), outcome.diff.events, mutes, now_ms)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
         except (ViError, StoreError) as exc:
             # A StoreError rolled the commit back whole and `known` is untouched: the next
@@ -160,10 +185,10 @@ class PollCycle:
             # loses none.
             if commit and isinstance(exc, ViRateLimitedError | ViServerError):
                 self._wait_out(ws, exc.retry_after, now_ms)
-            return WorkspacePoll(report=self._failed(ws, kind, exc))
+            return WorkspacePoll(report=self._failed(ws, kind, exc, now_ms if commit else None))
         except Exception as exc:  # a bug must fail this poll, never the daemon
             log.exception("poll.crashed", workspace=ws.name, kind=kind)
-            return WorkspacePoll(report=self._failed(ws, kind, exc))
+            return WorkspacePoll(report=self._failed(ws, kind, exc, now_ms if commit else None))
         ms = round((self._clock.monotonic() - started) * 1000)
         if commit:
             if meta.resume_at is not None:
@@ -179,6 +204,7 @@ class PollCycle:
                 seen=outcome.runs_seen,
                 events=len(outcome.diff.events),
                 queued=queued,
+                muted=sum(1 for item in items if item.state == "muted"),
                 pages=outcome.pages,
                 gets=outcome.gets,
                 ms=ms,
@@ -259,12 +285,17 @@ class PollCycle:
 
         return flush
 
-    def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
+    def _failed(
+        self, ws: WorkspaceConfig, kind: str, exc: Exception, now_ms: int | None = None
+    ) -> PollReport:
         if isinstance(exc, ViError | StoreError):
             reason = type(exc).__name__.removeprefix("Vi").removesuffix("Error").lower()
             error = str(exc)
         else:
             reason, error = "internal", f"internal error ({type(exc).__name__}); see the log"
+        if now_ms is not None and not isinstance(exc, StoreError):
+            # (A store that failed is left alone: a full disk gets not one row more.)
+            self._record_failure(ws, now_ms, error)
         self._metrics.poll_failures.labels(ws.name, reason or "error").inc()
         # The API's faults pass by themselves; the state store's and runwatch's own need the
         # operator (a bug was logged with its traceback where it was caught).
@@ -280,6 +311,13 @@ class PollCycle:
             auth_failed=isinstance(exc, ViAuthError),
             store_failed=isinstance(exc, StoreError),
         )
+
+    def _record_failure(self, ws: WorkspaceConfig, now_ms: int, error: str) -> None:
+        """Keep the failure in the store, for `runwatch status` in another process."""
+        try:
+            self._store.record_poll_failure(ws.organization_id, now_ms, redactor()(error))
+        except StoreError as exc:  # the failure is logged and reported all the same
+            log.debug("poll.failure_not_recorded", workspace=ws.name, error=str(exc))
 
     def _client(self, ws: WorkspaceConfig) -> ViClient:
         poll, tls = self.config.poll, self.config.tls

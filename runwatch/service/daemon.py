@@ -10,7 +10,8 @@ move it instead of waiting.
 Stop (SIGTERM/SIGINT): a poll in flight is dropped (nothing of it was committed), a delivery
 in flight gets `SHUTDOWN_GRACE_S` to finish; what is not delivered stays pending in the
 outbox for the next start. Reload (SIGHUP): a validated configuration is swapped in between
-cycles; state and pending rows carry over.
+cycles; state and pending rows carry over. A rejected one changes nothing, and every STATUS=
+says so until a reload is accepted.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Daemon:
         now_ms = self.now_ms()
         self.board.record(reports, now_ms)
         cfg = self.config.alerts
-        queued = self.alerts.evaluate(
+        self.alerts.evaluate(
             reports,
             last_success=self.board.last_success,
             failing_channels=self.failing_channels(),
@@ -153,8 +154,9 @@ class Daemon:
             ),
             now_ms=now_ms,
         )
-        if queued or any(r.queued for r in reports):
-            self.wake.set()
+        # Every cycle, not only when rows were queued: what the operator revived with
+        # `runwatch outbox retry` from another process goes out after the next poll.
+        self.wake.set()
         self.board.refresh_gauges(self.cycle.runs_by_workspace())
         self.notifier.status(self.status_line())
         async with self._cycle_done:
@@ -279,8 +281,10 @@ class Daemon:
         except Exception as exc:  # ConfigError lists every problem; keep the old config
             problems = getattr(exc, "problems", [str(exc)])
             log.error("config.reload_rejected", problems=problems)
+            self.board.reload_done(problems, self.now_ms())
         else:
             await self.reload(config)
+            self.board.reload_done(None, self.now_ms())
         self.notifier.ready(status=self.status_line())
 
     async def _watchdog(self, stop: asyncio.Event) -> None:

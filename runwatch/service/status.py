@@ -42,6 +42,8 @@ class StatusBoard:
         self.last_success: dict[str, int] = {}  # workspace name -> epoch ms
         self.last_error: dict[str, str] = {}
         self.last_poll_at: int | None = None
+        # Set while the last reload was rejected: STATUS= says so until a good one.
+        self.reload_rejected: str | None = None
 
     def now_ms(self) -> int:
         return int(self._clock.time() * 1000)
@@ -49,6 +51,16 @@ class StatusBoard:
     def remember_success(self, workspace: str, at_ms: int) -> None:
         """A success known from before (the store), unless a newer one is known already."""
         self.last_success.setdefault(workspace, at_ms)
+
+    def reload_done(self, problems: Sequence[str] | None, at_ms: int) -> None:
+        """Remember how the last reload went: None for accepted, else its problems."""
+        if problems is None:
+            self.reload_rejected = None
+        else:
+            self.reload_rejected = (
+                f"reload rejected at {iso(at_ms)} ({len(problems)} problem(s), see "
+                "config.reload_rejected in the log): the previous configuration is running"
+            )
 
     def record(self, reports: Sequence[PollReport], at_ms: int) -> None:
         for report in reports:
@@ -89,10 +101,11 @@ class StatusBoard:
         last = iso(self.last_poll_at) if self.last_poll_at else "never"
         failing_text = ", ".join(sorted(failing)) or "none"
         pending = self._store.outbox_stats(self.now_ms()).pending
-        return (
+        line = (
             f"watching {runs_watched} runs in {ok}/{len(workspaces)} workspaces ok; "
             f"last poll {last}; outbox {pending} pending; failing channels: {failing_text}"
         )
+        return line if self.reload_rejected is None else f"{line}; {self.reload_rejected}"
 
     def refresh_gauges(self, runs_by_workspace: Mapping[str, int]) -> None:
         for name, runs in runs_by_workspace.items():

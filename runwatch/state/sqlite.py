@@ -21,6 +21,7 @@ import structlog
 
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
+from runwatch.state import sqlite_mutes
 from runwatch.state.rows import (
     RUN_COLUMNS,
     RUN_PLACEHOLDERS,
@@ -29,6 +30,7 @@ from runwatch.state.rows import (
     run_from_row,
     run_params,
 )
+from runwatch.state.sqlite_mutes import SqliteMutes
 from runwatch.state.sqlite_outbox import SqliteOutbox
 from runwatch.state.sqlite_outbox import insert as insert_outbox
 from runwatch.state.sqlite_schema import (
@@ -59,6 +61,7 @@ class SqliteStore:
         self._last_prune_ms = 0
         self._outbox = SqliteOutbox(self)
         self._slack = SqliteSlackMessages(self)
+        self._mutes = SqliteMutes(self)
 
     @classmethod
     def open(
@@ -112,22 +115,10 @@ class SqliteStore:
         change one a daemon is using. A database of an older schema is copied into memory and
         migrated there, so an upgraded runwatch can still read it before its daemon restarts.
         """
-        path = Path(path)
-        if not path.exists():
+        store = cls._existing(Path(path), "ro", clock)
+        if store is None:
             return None
-        if not path.is_file():
-            raise StoreError(f"the state path {path} exists but is not a file; fix state.path")
-        try:
-            conn = sqlite3.connect(
-                f"{path.absolute().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-        except sqlite3.Error as e:
-            raise store_error(e, path, "opening it to read") from e
-        store = cls(conn, path, clock)
+        conn = store._conn
         try:
             version = store._check()
             if version < SCHEMA_VERSION:
@@ -141,6 +132,52 @@ class SqliteStore:
             conn.close()
             raise
         return store
+
+    @classmethod
+    def open_existing(
+        cls, path: Path, *, clock: Callable[[], float] = time.time
+    ) -> SqliteStore | None:
+        """The state database at `path` for the operator's short writes (mutes, outbox rows),
+        or None when there is none. Never creates, migrates or prunes, takes no writer lock:
+        a daemon may be using the file. Another schema than ours is refused (the daemon
+        migrates the file when it starts). As root, SQLite gives the -wal and -shm files it
+        creates the database file's owner, so the service can still open them."""
+        store = cls._existing(Path(path), "rw", clock)
+        if store is None:
+            return None
+        try:
+            version = store._check()
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"the state database {path} has schema {version}, and this runwatch writes "
+                    f"schema {SCHEMA_VERSION}: restart the daemon (it migrates the file when it "
+                    "starts), then try again"
+                )
+            with store.reading("opening it"):
+                store._conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def _existing(cls, path: Path, mode: str, clock: Callable[[], float]) -> SqliteStore | None:
+        """A store on the file at `path` opened in SQLite URI `mode`, never creating it."""
+        if not path.exists():
+            return None
+        if not path.is_file():
+            raise StoreError(f"the state path {path} exists but is not a file; fix state.path")
+        try:
+            conn = sqlite3.connect(
+                f"{path.absolute().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+        except sqlite3.Error as e:
+            raise store_error(e, path, "opening it" + (" to read" if mode == "ro" else "")) from e
+        return cls(conn, path, clock)
 
     @classmethod
     def empty(cls, *, clock: Callable[[], float] = time.time) -> SqliteStore:
@@ -448,7 +485,7 @@ class SqliteStore:
     def outbox_stats(self, now_ms: int) -> OutboxStats:
         return self._outbox.stats(now_ms)
 
-    # -- the native Slack channel's messages -----------------------------------------------
+    # -- the native Slack channel's messages, the operator's mutes -----------------------------
 
     def slack_message(self, channel: str, run_key: str, incarnation: int) -> SlackMessage | None:
         """The message a Slack channel posted for this run incarnation, if it did."""
@@ -458,15 +495,22 @@ class SqliteStore:
         """Record where a run's message is (after posting it, or editing it: `updated_at`)."""
         self._slack.put(message)
 
+    @property
+    def mutes(self) -> SqliteMutes:
+        return self._mutes
+
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget sent rows, events and Slack message ids older than 30 days; dead rows and
-        their events stay."""
+        """Forget sent rows, events, Slack message ids and ended mutes older than 30 days;
+        dead rows and their events stay."""
         cutoff = now_ms - RETENTION_MS
         with self.writing("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
+            # Muted rows are settled as sent ones are: never to be sent, kept as long.
+            tx.execute("DELETE FROM outbox WHERE state = 'muted' AND created_at < ?", (cutoff,))
             tx.execute("DELETE FROM runs WHERE deleted_at < ?", (cutoff,))
+            sqlite_mutes.prune(tx, cutoff)
             tx.execute(
                 "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",

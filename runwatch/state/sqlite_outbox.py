@@ -200,9 +200,12 @@ class SqliteOutbox:
         with self._db.reading("reading the outbox") as conn:
             rows = conn.execute(
                 "SELECT channel, state, count(*), min(created_at) FROM outbox "
-                "WHERE state IN ('pending', 'dead', 'uncertain') GROUP BY channel, state"
+                "WHERE state IN ('pending', 'dead', 'uncertain', 'muted', 'dropped') "
+                "GROUP BY channel, state"
             ).fetchall()
-        by_state: dict[str, dict[str, int]] = {"pending": {}, "dead": {}, "uncertain": {}}
+        by_state: dict[str, dict[str, int]] = {
+            "pending": {}, "dead": {}, "uncertain": {}, "muted": {}, "dropped": {}
+        }  # fmt: skip
         oldest: int | None = None
         for channel, state, count, created in rows:
             by_state[state][channel] = count
@@ -215,6 +218,8 @@ class SqliteOutbox:
             pending_by_channel=by_state["pending"],
             dead_by_channel=by_state["dead"],
             uncertain_by_channel=by_state["uncertain"],
+            muted=sum(by_state["muted"].values()),
+            dropped=sum(by_state["dropped"].values()),
             oldest_pending_age=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
         )
 

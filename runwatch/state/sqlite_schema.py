@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runwatch.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
 RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
@@ -165,6 +165,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (channel, run_key, incarnation)
         ) WITHOUT ROWID""",
         "CREATE INDEX slack_messages_updated_at ON slack_messages (updated_at)",
+    ),
+    (
+        # The operator's mutes (`runwatch mute`): what, where, until when, who and why. The
+        # criteria are JSON lists; a removed mute keeps its row (removed_at) until pruned.
+        """CREATE TABLE mutes (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            runs       TEXT NOT NULL DEFAULT '[]',
+            projects   TEXT NOT NULL DEFAULT '[]',
+            flows      TEXT NOT NULL DEFAULT '[]',
+            workspaces TEXT NOT NULL DEFAULT '[]',
+            channel    TEXT,
+            created_at INTEGER NOT NULL,
+            until      INTEGER NOT NULL,
+            reason     TEXT,
+            who        TEXT NOT NULL DEFAULT '',
+            removed_at INTEGER
+        )""",
+        "CREATE INDEX mutes_until ON mutes (until)",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
