@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -42,6 +42,7 @@ from runwatch.service.metrics import Metrics
 from runwatch.service.status import PollReport, iso
 from runwatch.state.store import PollCommit, StateStore, WorkspaceMeta
 from runwatch.vi.client import ViClient
+from runwatch.vi.enrich import enrichers
 from runwatch.vi.poller import PollOutcome, PollPlan, poll_workspace
 from runwatch.vi.retry import RetryPolicy
 
@@ -89,6 +90,8 @@ class PollCycle:
         self.destinations = destinations(config.channels)
         old = list(self.clients.values())
         self.clients = {ws.name: self._client(ws) for ws in config.workspaces}
+        carry = getattr(self, "enrichers", {})
+        self.enrichers = enrichers(config, self.clients, clock=self._clock, carry=carry)
         return old
 
     async def aclose(self) -> None:
@@ -145,6 +148,9 @@ class PollCycle:
             outcome = await poll_workspace(
                 self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
             )
+            # Between observe and compose: the fetched fields are rendered, then committed.
+            events = await self.enrichers[ws.name].enrich(outcome.diff.events, now_ms=now_ms)
+            outcome = replace(outcome, diff=replace(outcome.diff, events=tuple(events)))
             items = self.compose(outcome)
             queued = self._commit(ws, outcome, items, now_ms) if commit else 0
         except (ViError, StoreError) as exc:
