@@ -300,6 +300,7 @@ class PollCycle:
             max_connections=max(2, poll.max_concurrency),
             on_request=on_request,
             max_requests_per_second=poll.max_requests_per_second,
+            max_response_bytes=poll.max_response_bytes,
         )
 
     def runs_by_workspace(self) -> Mapping[str, int]:
