@@ -98,6 +98,10 @@ def _kind(value: object) -> str:
     return "missing" if value is None else type(value).__name__
 
 
+def _json_kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def metric_value(value: object, mask: Callable[[str], str] = _same) -> MetricValue:
     """A metric value as sent, in a form JSON and every later stage can carry."""
     if value is None or type(value) is bool or type(value) is int:
@@ -190,8 +194,8 @@ def decode_training_project(
             raise _Unreadable(f"it is {_kind(doc)}, not a TrainingProject object")
         kind = doc.get("kind", PROJECT_KIND)
         if kind != PROJECT_KIND:
-            shown = safe_text(kind, 40) if type(kind) is str else _kind(kind)
-            raise _Unreadable(f"its kind is {shown!r}, not {PROJECT_KIND!r}")
+            shown = repr(safe_text(kind, 40)) if type(kind) is str else _json_kind(kind)
+            raise _Unreadable(f"its kind is {shown}, not {PROJECT_KIND!r}")
         named = doc.get("trainingProjectId")
         if type(named) is str and named != project_id:
             raise _Unreadable(f"it is training project {safe_text(named, 80)}")
