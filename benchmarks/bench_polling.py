@@ -237,7 +237,8 @@ def config_text(pop: Population, state: Path, *, hook: str, **poll: str) -> str:
             f"    endpoint: {pop.url}",
             "poll: {" + ", ".join(f"{k}: {v}" for k, v in poll_items.items()) + "}",
             f"state: {{path: {state}}}",
-            f"channels: {{hook: '{hook}'}}",
+            # One message per change: the latency is measured per message, never a digest.
+            f"channels: {{hook: {{urls: '{hook}', digest: false}}}}",
             "rules:",
             "  - {name: all, match: {}, notify: [hook], title: '{{ run_id }} {{ condition }}'}",
             "delivery: {min_interval: 0s, initial_backoff: 1s}",
