@@ -699,8 +699,9 @@ def report(
             f"training projects among them). That poll reports {f.events} events and asks for "
             f"{f.outputs} model outputs and {f.project} training projects on top of its "
             f"listing; the poll after it makes {f.after.requests} requests, "
-            f"{f.after.enrich} of them for enrichment, as in the steady state "
-            f"({c.incremental.requests}).",
+            f"{f.after.enrich} of them for enrichment (the steady state made "
+            f"{c.incremental.requests}; {f.runs} runs fewer to refresh now that they are "
+            "finished).",
         ]
     beyond = latency.beyond()
     lines += [
