@@ -131,10 +131,10 @@ class Enricher:
         projects = sorted({e.training_project or "" for e in events if self.wants_name(e)})
         due = [p for p in projects if self._due(p, now_ms)]
         outputs: dict[str, ModelOutput | str] = {}
-        late: dict[str, str] = {}  # project id -> why its fetch of this poll failed
+        failed: dict[str, str] = {}  # project id -> why its fetch of this poll failed
         if runs or due:
             started = self._clock.monotonic()
-            outputs, late = await self._fetch(runs, due, now_ms)
+            outputs, failed = await self._fetch(runs, due, now_ms)
             log.debug(
                 "enrich.fetched",
                 workspace=self.workspace,
@@ -145,7 +145,7 @@ class Enricher:
             )
         enriched = []
         for event in events:
-            event, why = self._decorate(event, outputs, late)
+            event, why = self._decorate(event, outputs, failed)
             if why:
                 self._tell(event, why)
             enriched.append(event)
