@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -200,8 +201,20 @@ class DaemonProcess:
     context manager it kills a daemon still running on exit, so a failed test leaves none.
     """
 
-    def __init__(self, config: Path, *extra: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        file_limit: int | None = None,
+    ) -> None:
+        """`file_limit`: the daemon's open-file limit, soft and hard (it cannot raise it)."""
         command = ["run", "-c", str(config), "--log-format", "json", *extra]
+
+        def limit_files() -> None:
+            if file_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runwatch", *command],
             stdin=subprocess.DEVNULL,
@@ -209,6 +222,7 @@ class DaemonProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=cli_env(env),
+            preexec_fn=limit_files if file_limit is not None else None,
         )
         self._lines: list[str] = []
         self._logs: list[dict[str, Any]] = []
@@ -291,6 +305,14 @@ class DaemonProcess:
                 f"logged: {self._names()}, and not as JSON: {self._junk}"
             )
         return found[count - 1]
+
+    def peak_rss_kib(self) -> int:
+        """The daemon's peak resident set size so far (VmHWM), in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc")
 
     def signal(self, sig: Signals) -> None:
         self.proc.send_signal(sig)

@@ -193,7 +193,7 @@ class Snapshot:
     """Everything a failed poll must leave as it was."""
 
     runs: dict[str, RunState]
-    known: dict[str, RunState]
+    known: dict[str, int]  # fingerprints of the runs the daemon knows
     events: int
     outbox: int
     last_full_listing: int | None
@@ -207,7 +207,7 @@ def snapshot(daemon: Daemon, org: str) -> Snapshot:
         outbox = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     return Snapshot(
         runs=daemon.store.load_runs(org),
-        known=dict(daemon.known[org]),
+        known=daemon.known[org].fingerprints(),
         events=events,
         outbox=outbox,
         last_full_listing=meta.last_full_listing,

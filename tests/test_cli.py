@@ -166,6 +166,27 @@ def test_it_prints_what_a_dry_run_would_send_and_changes_nothing(
     assert run_id in msg["title"] and "TrainingDiverged" in msg["message"]
 
 
+def test_it_creates_no_state_file_for_a_dry_run_or_a_look_at_the_runs(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    """Before the first real poll, `once --dry-run` shows a baseline and `runs` says there is
+    nothing yet, naming where it looked; neither leaves a file (or directory) behind."""
+    state = tmp_path / "state" / "nested" / "state.db"
+    cfg = write_config(
+        tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")}, state={"path": str(state)}
+    )
+
+    dry = runwatch("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
+    runs = runwatch("runs", "-c", str(cfg), "--log-format", "json")
+
+    assert dry.code == 0, dry.stderr
+    assert "baseline poll saw" in dry.stdout and "nothing is sent" in dry.stdout
+    assert runs.code == 0, runs.stderr
+    assert f"no state file at {state}" in runs.stdout
+    assert not (tmp_path / "state").exists()
+    assert receiver.requests == []
+
+
 def test_it_reports_each_channel_of_notify_test_and_exits_1_if_one_fails(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:

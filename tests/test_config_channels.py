@@ -313,20 +313,23 @@ def test_it_warns_about_a_webhook_secret_written_inline(tmp_path: Path) -> None:
     assert HOOK_SECRET not in warning and SLACK_TOKEN not in warning
 
 
-def test_it_builds_webhook_senders_and_says_slack_is_not_supported_yet(
-    tmp_path: Path,
-) -> None:
-    """A webhook channel gets a sender of its own; notify-test reports a Slack one failed."""
+def test_it_builds_webhook_and_slack_senders_and_tests_each(tmp_path: Path) -> None:
+    """A webhook and a Slack channel get a sender each; notify-test reports both failing to
+    reach a closed port without showing the secret or the token."""
     text = with_channels(
         "  hook: {webhook: {url: 'http://127.0.0.1:9/hook', secret: '${HOOK_SECRET}'}}\n"
-        "  team: {slack: {token: '${SLACK_TOKEN}', channel: '#ml'}}",
+        "  team: {slack: {token: '${SLACK_TOKEN}', channel: '#ml', "
+        "api_url: 'http://127.0.0.1:9/api/'}}",
         notify="[hook, team]",
     )
     config = load(tmp_path, text)
-    assert set(build_senders(config.channels)) == {("hook", "webhook")}
+    assert set(build_senders(config.channels)) == {("hook", "webhook"), ("team", "slack")}
     out = io.StringIO()
     assert notify_test(config, [], out=out) == 1
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("hook: FAILED http://127.0.0.1:9/hook: ConnectError")
-    assert lines[1] == "team: FAILED channel kind slack is not supported yet"
-    assert HOOK_SECRET not in out.getvalue()
+    assert lines[1] == (
+        "team: FAILED posting a test message: slack #ml via 127.0.0.1: "
+        "chat.postMessage failed: ConnectError"
+    )
+    assert HOOK_SECRET not in out.getvalue() and SLACK_TOKEN not in out.getvalue()

@@ -124,7 +124,7 @@ async def test_it_delivers_each_event_once_to_exactly_the_channels_its_rules_sel
         assert by[path, born_failed]["title"] == f"FAILED {born_failed}: new -> Failed"
         assert by[path, born_failed]["type"] == "failure"
     assert "succeeded" in by["/slack", finishing]["title"]
-    assert "new run" in by["/ops", born_pending]["message"]
+    assert "New run" in by["/ops", born_pending]["message"]
     assert "deleted" in by["/ops", doomed]["title"]
 
 
@@ -151,7 +151,7 @@ async def test_it_notifies_a_run_that_first_appears_already_failed(
     [msg] = receiver.received
     assert run_named(msg) == run_id and "rtdetr-large failed" in msg["title"]
     assert msg["type"] == "failure"
-    for text in ("new run, **Failed**", "QuotaExceeded", "GPU quota exhausted"):
+    for text in ("New run · **Failed**", "QuotaExceeded", "GPU quota exhausted"):
         assert text in msg["message"]
 
 

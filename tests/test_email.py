@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import email
 import time
-from collections.abc import Iterator
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, cast
 
-import pytest
-from aiosmtpd.controller import Controller
 from harness import FakeClock, apprise_channels
+from smtp_server import Mailbox
 
 from runwatch.config.settings import DeliveryConfig
 from runwatch.core.model import Condition, Event, OutboxItem
@@ -22,41 +15,6 @@ from runwatch.state.sqlite import SqliteStore
 from runwatch.state.store import PollCommit
 
 T0 = 1_760_000_000_000
-
-
-class Mailbox:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [email.message_from_bytes(e.content, policy=policy.default) for e in self.envelopes]
-
-
-class LoopbackController(Controller):
-    """aiosmtpd's Controller on 127.0.0.1 with a free port (port 0, then the one it got)."""
-
-    def _trigger_server(self) -> None:
-        # Called once the server listens, before the start-up probe connects to self.port.
-        server = cast(asyncio.Server, self.server)
-        self.port = server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Mailbox, int]]:
-    mailbox = Mailbox()
-    controller = LoopbackController(mailbox, hostname="127.0.0.1", port=0)
-    controller.start()
-    try:
-        yield mailbox, controller.port
-    finally:
-        controller.stop()
 
 
 def commit_failures(store: SqliteStore, runs: list[str]) -> None:

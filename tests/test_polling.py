@@ -10,6 +10,7 @@ unfinished runs they did not see, by GET or by walking on, whichever costs fewer
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,7 +128,8 @@ async def test_it_finds_a_change_on_a_deep_old_active_run_without_a_full_listing
             assert (report.kind, report.events) == ("incremental", 1)
             assert (lists, gets) == (1, 3)
             assert await daemon.deliver_once() == 1
-            state = tracked(daemon, sim)[deepest]
+            assert deepest not in {s.run_id for s in tracked(daemon, sim).unfinished()}
+            state = daemon.store.load_runs(sim.organization_id)[deepest]
             assert state.latest is not None and state.latest.condition == FAILED
 
             # Failed is terminal: that run is never fetched again, the other two still are.
@@ -218,8 +220,10 @@ async def test_it_reports_each_change_once_across_incremental_and_full_polls(
                 + ["incremental"] * 2
             )
             assert sorted(m["title"] for m in receiver.received) == sorted(expected)
+            stored = daemon.store.load_runs(sim.organization_id)
+            assert set(tracked(daemon, sim)) == set(stored) == set(sim.run_ids())
             for run_id in sim.run_ids():
-                state = tracked(daemon, sim)[run_id]
+                state = stored[run_id]
                 assert state.latest is not None
                 assert state.latest.condition == sim.latest_condition(run_id)
 
@@ -413,26 +417,29 @@ def state(run_id: str, created: int, condition: str | None) -> RunState:
 
 
 def test_it_keeps_the_index_in_step_with_every_write() -> None:
-    """Unfinished runs, the watermark and listing depths follow sets, updates and deletions."""
+    """Unfinished runs, the watermark and listing depths follow records and deletions; a
+    finished run is kept as a fingerprint, a tombstone apart."""
     finished = frozenset({SUCCEEDED, FAILED})
-    index = RunIndex(
-        {"a": state("a", 10, SUCCEEDED), "b": state("b", 20, RUNNING)}, terminal=finished
-    )
+    index = RunIndex([state("a", 10, SUCCEEDED), state("b", 20, RUNNING)], terminal=finished)
     assert (index.newest_created(), index.created_after(10), len(index)) == (20, 1, 2)
 
-    index["c"] = state("c", 30, PENDING)
-    index["d"] = state("d", 40, None)  # no condition yet: unfinished
-    index["e"] = state("e", 5, FAILED)
+    index.record(state("c", 30, PENDING))
+    index.record(state("d", 40, None))  # no condition yet: unfinished
+    index.record(state("e", 5, FAILED))
     assert index.newest_created() == 40
     assert [index.created_after(t) for t in (0, 5, 10, 25, 40)] == [5, 4, 3, 2, 0]
     assert {s.run_id for s in index.unfinished()} == {"b", "c", "d"}
-    pending_final = RunIndex(index, terminal=finished | {PENDING})  # a configured terminal set
-    assert {s.run_id for s in pending_final.unfinished()} == {"b", "d"}
+    assert index.get("e") is None and index.finished_fingerprint("e") is not None
+    assert index.finished_fingerprint("b") is None and index.get("b") is not None
+    pending_final = RunIndex(
+        [state("c", 30, PENDING), state("d", 40, None)], terminal=finished | {PENDING}
+    )  # a configured terminal set
+    assert {s.run_id for s in pending_final.unfinished()} == {"d"}
 
-    index["b"] = state("b", 20, SUCCEEDED)  # finished: no longer refreshed
-    index["a"] = state("a", 50, SUCCEEDED)  # a creation time that moved
-    del index["d"]
-    assert index.pop("c").run_id == "c"
+    index.record(state("b", 20, SUCCEEDED))  # finished: no longer refreshed
+    index.record(state("a", 50, SUCCEEDED))  # a creation time that moved
+    index.forget("d")
+    index.record(dataclasses.replace(state("c", 30, PENDING), deleted_at=99))  # a tombstone
     assert (index.newest_created(), sorted(index), index.unfinished()) == (50, ["a", "b", "e"], [])
     assert [index.created_after(t) for t in (0, 5, 20, 50)] == [3, 2, 1, 0]
-    assert "d" not in index and index.get("d") is None and index.get("a") is not None
+    assert "d" not in index and "c" not in index and set(index.tombstones) == {"c"}

@@ -1,4 +1,4 @@
-"""Messages rendered from events: defaults, flavours, rule templates and the sandbox."""
+"""Messages rendered from events: the compact defaults, durations, metrics, links, flavours."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from structlog.testing import capture_logs
 
-from runwatch.core.model import Condition, Event
+from runwatch.core.model import Condition, Enrichment, Event
 from runwatch.core.render import (
     DEFAULT_BODY,
     DEFAULT_TITLE,
@@ -22,14 +22,27 @@ from runwatch.core.render import (
     validate_template,
 )
 
-TRANSITION, NEW, DELETED = sample_events()
-CONSOLE = "https://vi.datature.com/org/0f9e8d7c-6b5a-4a3b-9c8d-7e6f5a4b3c2d"
-SECRET = "dtvi_" + "s3cr3t" * 16
+TRANSITION, NEW, DELETED, OVERDUE = sample_events()
+ORG = "0f9e8d7c-6b5a-4a3b-9c8d-7e6f5a4b3c2d"
+CONSOLE = f"https://vi.datature.com/org/{ORG}"
+T0 = 1_717_236_000_000  # the samples' creation time
+DAY_S = 86_400
 
 
 def with_condition(event: Event, condition: str, status: str = "Reached") -> Event:
     assert event.current is not None
     return replace(event, current=replace(event.current, condition=condition, status=status))
+
+
+def cond(condition: str, at_s: float, **kwargs: str) -> Condition:
+    """A Reached condition `at_s` seconds after T0."""
+    return Condition(
+        condition=condition, status="Reached", last_transition_time=T0 + int(at_s * 1000), **kwargs
+    )
+
+
+def first_line(event: Event, **kwargs: object) -> str:
+    return render(event, **kwargs).body.splitlines()[0]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -44,11 +57,17 @@ def test_it_renders_the_defaults_for_every_sample_event_in_every_flavour(
     assert logs == []
     assert "\n" not in message.title
     assert event.run_id in message.title
-    assert "(prod)" in message.title
-    assert message.body.splitlines()[:2] == [
-        line.replace("**", {"markdown": "**", "text": ""}[flavour])
-        for line in ("**Workspace:** prod", f"**Run:** {event.run_id}")
-    ]
+    assert message.title.endswith("(prod)")
+    assert len(message.body.splitlines()) == 2
+
+
+@pytest.mark.parametrize("event", sample_events(), ids=lambda e: e.kind)
+def test_it_does_not_repeat_the_title_in_the_body(event: Event) -> None:
+    """The workspace and the run id are in the title only; the body says what happened."""
+    what_happened = render(event).body.splitlines()[0]
+
+    assert event.run_id not in what_happened
+    assert "prod" not in what_happened
 
 
 def test_it_accepts_its_own_default_templates() -> None:
@@ -57,25 +76,14 @@ def test_it_accepts_its_own_default_templates() -> None:
     assert validate_template(DEFAULT_BODY) is None
 
 
-def test_it_writes_a_transition_as_a_headline_and_labelled_lines_in_markdown() -> None:
-    """The default message reads well: what happened to which run, then the details."""
+def test_it_leads_a_transition_with_what_happened_then_the_links() -> None:
+    """One line with the path, the reason and how long it ran; one line of links."""
     assert render(TRANSITION) == Message(
         title="❌ yolo-detector failed — run_ab12 (prod)",
-        body="\n".join(
-            [
-                "**Workspace:** prod",
-                "**Run:** run_ab12",
-                "**Flow:** yolo-detector",
-                "**Project:** traffic-signs",
-                "**State:** Pending → **Failed**",
-                "**Path:** Pending → Running → Failed",
-                "**Reason:** OutOfMemory",
-                "**Message:** Container exceeded its memory limit",
-                "**Duration:** 1h 13m",
-                "**Killed at:** 2024-06-01T11:11:40Z",
-                "**Log:** [view log](https://logs.vi.datature.com/run_ab12)",
-                f"**Console:** [open in Datature Vi]({CONSOLE})",
-            ]
+        body=(
+            "Pending → Running → **Failed** · OutOfMemory: Container exceeded its memory limit"
+            " · ran 1h 12m\n"
+            f"[Log](https://logs.vi.datature.com/run_ab12) · [Console]({CONSOLE})"
         ),
         notify_type="failure",
     )
@@ -91,9 +99,9 @@ def test_it_reads_as_slack_mrkdwn_once_apprise_converts_it() -> None:
         render(TRANSITION, flavour=flavour_for([slack.url()])).body, apprise.NotifyFormat.MARKDOWN
     )
 
-    assert "*State:* Pending → *Failed*" in body
-    assert "*Log:* <https://logs.vi.datature.com/run_ab12|view log>" in body
-    assert f"<{CONSOLE}|open in Datature Vi>" in body
+    assert "Pending → Running → *Failed* · OutOfMemory" in body
+    assert "<https://logs.vi.datature.com/run_ab12|Log>" in body
+    assert f"<{CONSOLE}|Console>" in body
     assert "**" not in body
     assert "](" not in body
 
@@ -102,74 +110,248 @@ def test_it_uses_no_markup_in_the_text_flavour() -> None:
     """Plain text has labels and bare URLs only."""
     body = render(TRANSITION, flavour="text").body
 
-    assert "State: Pending → Failed" in body
-    assert "Log: https://logs.vi.datature.com/run_ab12" in body
+    assert body.splitlines()[0].startswith("Pending → Running → Failed · OutOfMemory")
+    assert "Log: https://logs.vi.datature.com/run_ab12 · Console: " in body
     assert not any(mark in body for mark in ("*", "[", "<", "|"))
 
 
+def test_it_writes_slack_mrkdwn_in_the_slack_flavour() -> None:
+    """The native Slack flavour bolds with one star and links with <url|text>."""
+    assert render(TRANSITION, flavour="slack").body == (
+        "Pending → Running → *Failed* · OutOfMemory: Container exceeded its memory limit"
+        " · ran 1h 12m\n"
+        f"<https://logs.vi.datature.com/run_ab12|Log> · <{CONSOLE}|Console>"
+    )
+
+
 @pytest.mark.parametrize(
-    ("event", "title", "lines"),
+    ("event", "title", "line"),
     [
         (
-            NEW,
+            replace(NEW, enrichment=None),
             "✅ yolo-detector succeeded — run_cd34 (prod)",
-            ["**State:** new run, **Succeeded**", "**Path:** Pending → Running → Succeeded"],
+            "New run · Pending → Running → **Succeeded** · ran 2h 14m",
         ),
         (
             DELETED,
             "🗑️ yolo-detector deleted — run_ef56 (prod)",
-            ["**State:** deleted (last known: Running)"],
+            "Deleted · last known **Running**",
         ),
         (
-            replace(TRANSITION, skipped=()),
+            replace(TRANSITION, skipped=(), previous=cond("Running", 60)),
             "❌ yolo-detector failed — run_ab12 (prod)",
-            ["**State:** Pending → **Failed**", "**Reason:** OutOfMemory"],
+            "Running → **Failed** · OutOfMemory: Container exceeded its memory limit · ran 1h 12m",
         ),
         (
-            with_condition(replace(TRANSITION, flow_name=None), "Running", "Waiting"),
+            replace(
+                TRANSITION,
+                flow_name=None,
+                skipped=(),
+                current=replace(cond("Running", 60), status="Waiting"),
+            ),
             "🏃 run running — run_ab12 (prod)",
-            ["**State:** Pending → **Running** (Waiting)"],
+            "Pending → **Running** (Waiting) · waited 58s",
+        ),
+        (
+            replace(OVERDUE, reminder=0, elapsed_s=1_860),
+            "⏳ run_gh78 has been Pending for 31m (prod)",
+            "**Pending** for 31m · rule stuck-pending",
+        ),
+        (
+            OVERDUE,
+            "⏳ run_gh78 still Pending after 2h 31m, reminder 2 (prod)",
+            "**Pending** for 2h 31m · rule stuck-pending · reminder 2",
         ),
     ],
-    ids=["new", "deleted", "no-skipped", "not-reached"],
+    ids=["new", "deleted", "one-step", "not-reached", "overdue", "reminder"],
 )
-def test_it_describes_each_kind_of_event_in_its_state_line(
-    event: Event, title: str, lines: list[str]
+def test_it_describes_each_kind_of_event_in_its_first_line(
+    event: Event, title: str, line: str
 ) -> None:
-    """New runs, deletions and plain transitions each say what happened."""
+    """New runs, deletions, transitions and overdue runs each say what happened."""
     message = render(event)
-    body = message.body.splitlines()
 
     assert message.title == title
-    start = body.index(lines[0])
-    assert body[start : start + len(lines)] == lines
+    assert message.body.splitlines()[0] == line
 
 
-def test_it_leaves_out_the_lines_of_missing_fields() -> None:
-    """No "Reason: None": a field without a value has no line."""
+def test_it_leaves_out_what_is_not_known() -> None:
+    """No "Reason: None", no "0s" for a new Pending run, no log link without a log."""
     bare = Event(
-        kind="transition",
+        kind="new",
         workspace="prod",
         organization_id="org-1",
         run_id="run_1",
         previous=None,
         current=Condition(condition="Pending", status="Reached", last_transition_time=5_000),
+        time_created=5_000,
     )
 
-    assert render(bare).body.splitlines() == [
-        "**Workspace:** prod",
-        "**Run:** run_1",
-        "**State:** **Pending**",
-        "**Console:** [open in Datature Vi](https://vi.datature.com/org/org-1)",
-    ]
-    assert render(bare).title == "⏳ run pending — run_1 (prod)"
+    assert render(bare) == Message(
+        title="⏳ run pending — run_1 (prod)",
+        body="New run · **Pending**\n[Console](https://vi.datature.com/org/org-1)",
+        notify_type="info",
+    )
 
 
 def test_it_shows_a_log_that_is_not_a_url_as_plain_text() -> None:
     """A log path is not made into a link."""
     body = render(replace(TRANSITION, log="/var/log/runs/run_ab12.log")).body
 
-    assert "**Log:** /var/log/runs/run_ab12.log" in body.splitlines()
+    assert body.splitlines()[1] == f"Log: /var/log/runs/run_ab12.log · [Console]({CONSOLE})"
+
+
+@pytest.mark.parametrize(
+    ("event", "ran"),
+    [
+        (TRANSITION, "ran 1h 12m"),  # from Running in the history
+        (replace(TRANSITION, history=()), "ran 1h 12m"),  # from the skipped Running
+        (replace(TRANSITION, history=(), skipped=(), previous=cond("Running", 60)), "ran 1h 12m"),
+        (replace(TRANSITION, history=(cond("Pending", 2), TRANSITION.current), skipped=()), None),
+        (replace(TRANSITION, history=(), skipped=()), None),  # never seen running
+        (with_condition(TRANSITION, "Succeeded"), "ran 1h 12m"),
+        (with_condition(TRANSITION, "Cancelled"), "ran 1h 12m"),
+        (with_condition(TRANSITION, "Started"), None),  # not known to be terminal
+    ],
+    ids=[
+        "history",
+        "skipped",
+        "previous",
+        "no-running",
+        "unknown",
+        "succeeded",
+        "cancelled",
+        "unknown-condition",
+    ],
+)
+def test_it_says_how_long_an_ended_run_ran_from_its_first_running_condition(
+    event: Event, ran: str | None
+) -> None:
+    """A run that ends ran from Running to its end; without a Running time, nothing is said."""
+    line = first_line(event)
+
+    if ran is None:
+        assert " · ran " not in line and "waited" not in line
+    else:
+        assert line.endswith(f" · {ran}")
+
+
+def test_it_says_how_long_a_run_that_starts_waited() -> None:
+    """A run that starts running waited from Pending, or from its creation without one."""
+    running = replace(TRANSITION, skipped=(), current=cond("Running", 300))
+    without_pending = replace(running, previous=None, history=(cond("Running", 300),))
+
+    assert first_line(running).endswith(" · waited 4m 58s")
+    assert first_line(without_pending).endswith(" · waited 5m")
+    assert first_line(replace(without_pending, time_created=0)).endswith("**Running**")
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        (cond("Running", -334 * DAY_S), cond("Failed", 0)),  # a simulation's old history
+        (cond("Running", 100), cond("Failed", 0)),  # clocks disagreeing
+    ],
+    ids=["implausible", "negative"],
+)
+def test_it_leaves_out_durations_that_cannot_be_true(history: tuple[Condition, ...]) -> None:
+    """Never "334d" for a run whose history starts long ago, never a negative duration."""
+    event = replace(TRANSITION, history=history, previous=None, skipped=(), current=history[-1])
+
+    message = render(event, body="{{ duration }}|{{ duration_seconds }}|{{ ran }}")
+
+    assert message.body == "||"  # None renders as nothing
+    assert " · ran " not in render(event).body
+
+
+def test_it_gives_templates_durations_with_their_meaning() -> None:
+    """`duration` is what ran for an ended run, what waited for a starting one."""
+    template = "{{ duration }}/{{ duration_seconds }}/{{ ran }}/{{ waited }}/{{ elapsed }}"
+    running = replace(TRANSITION, skipped=(), current=cond("Running", 300))
+
+    assert render(TRANSITION, body=template).body == "1h 12m/4320/1h 12m//"
+    assert render(running, body=template).body == "4m 58s/298//4m 58s/"
+    assert render(
+        OVERDUE, body=template + "/{{ elapsed_seconds }}/{{ reminder }}/{{ rule }}"
+    ).body == ("2h 31m/9060///2h 31m/9060/2/stuck-pending")
+
+
+def test_it_lists_the_metrics_of_a_run_that_succeeded() -> None:
+    """Numbers to 4 significant digits, ints as ints, others as sent, at most max_metrics."""
+    assert first_line(NEW) == (
+        "New run · Pending → Running → **Succeeded** · epoch 40 · mAP 0.7132"
+        " · precision 0.8011 · recall 0.6620 · images 1200 · converged true · best epoch_38"
+        " · +2 more · ran 2h 14m"
+    )
+    assert first_line(NEW, max_metrics=2) == (
+        "New run · Pending → Running → **Succeeded** · epoch 40 · mAP 0.7132"
+        " · precision 0.8011 · +6 more · ran 2h 14m"
+    )
+    assert first_line(NEW, max_metrics=8, flavour="text").endswith(
+        " · best epoch_38 · lr null · loss 0.01235 · ran 2h 14m"
+    )
+
+
+def test_it_names_the_project_by_its_display_name() -> None:
+    """The project's display name replaces its id in the title when it is known."""
+    assert render(NEW).title == "✅ Traffic Signs succeeded — run_cd34 (prod)"
+    assert render(replace(NEW, enrichment=Enrichment(epoch=3))).title == (
+        "✅ yolo-detector succeeded — run_cd34 (prod)"
+    )
+
+
+def test_it_gives_templates_the_enrichment() -> None:
+    """Templates get the full metrics map, the epoch, the model and the project's name."""
+    template = (
+        "{{ metrics|length }} {{ metrics.mAP }} {{ metrics['lr'] }} {{ epoch }} {{ model_id }}"
+        " {{ project_name }} {{ project }} {{ training_project }}"
+        "{% for name, value in shown_metrics %} {{ name }}={{ value }}{% endfor %}"
+        " +{{ more_metrics }}"
+    )
+
+    assert render(NEW, body=template, flavour="text", max_metrics=2).body == (
+        "8 0.71318  40 out_7f3a Traffic Signs Traffic Signs traffic-signs"
+        " mAP=0.7132 precision=0.8011 +6"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "url"),
+    [
+        (None, CONSOLE),
+        (
+            "https://vi.example.com/{organization_id}/runs/{run_id}",
+            f"https://vi.example.com/{ORG}/runs/run_ab12",
+        ),
+        (
+            "https://vi.example.com/r?id={run_id}&x={{y}}",
+            "https://vi.example.com/r?id=run_ab12&x={y}",
+        ),
+        ("https://vi.example.com/fixed", "https://vi.example.com/fixed"),
+        ("https://vi.example.com/{run_id.__class__}", CONSOLE),  # refused by the config too
+        ("https://vi.example.com/{secret}", CONSOLE),
+        ("https://vi.example.com/{run_id!r}", CONSOLE),
+        ("https://vi.example.com/{", CONSOLE),
+    ],
+)
+def test_it_formats_the_workspace_console_url_safely(template: str | None, url: str) -> None:
+    """`{organization_id}` and `{run_id}` are filled in; any other field falls back to the
+    default template."""
+    assert (
+        render(TRANSITION, body="{{ console_url }}", console_url=template, flavour="text").body
+        == url
+    )
+
+
+def test_it_percent_encodes_the_run_id_into_the_console_url() -> None:
+    """A value can never add a path segment, a query or markup to the link."""
+    event = replace(TRANSITION, run_id="a/b?c=<d>")
+
+    body = render(
+        event, body="{{ console_url }}", console_url="https://x/{run_id}", flavour="text"
+    ).body
+
+    assert body == "https://x/a%2Fb%3Fc%3D%3Cd%3E"
 
 
 @pytest.mark.parametrize(
@@ -196,10 +378,11 @@ def test_it_picks_emoji_and_notify_type_by_condition(
     assert message.notify_type == notify_type == notify_type_for(event)
 
 
-def test_it_gives_deletions_the_warning_type() -> None:
-    """A deleted run is a warning whatever its last condition."""
+def test_it_gives_deletions_and_overdue_runs_the_warning_type() -> None:
+    """A deleted run, or one that held its condition too long, is a warning."""
     assert notify_type_for(DELETED) == "warning"
     assert notify_type_for(replace(DELETED, previous=TRANSITION.current)) == "warning"
+    assert notify_type_for(OVERDUE) == "warning"
 
 
 @pytest.mark.parametrize(
@@ -244,9 +427,9 @@ def test_it_gives_templates_the_event_as_plain_values() -> None:
         "{{ run_id }}|{{ workspace }}|{{ organization_id }}|{{ kind }}|{{ flow }}|"
         "{{ training_project }}|{{ attributes.team }}|{{ attributes['team'] }}|"
         "{{ condition }}|{{ status }}|{{ reason }}|{{ message }}|{{ previous }}|"
-        "{{ previous_status }}|{{ skipped|join(',') }}|{{ emoji }}|{{ transition_time }}|"
-        "{{ duration }}|{{ duration_seconds }}|{{ killed_at }}|{{ log }}|{{ console_url }}|"
-        "{{ flavour }}|{{ 'x'|strong }}"
+        "{{ previous_status }}|{{ skipped|join(',') }}|{{ path|join(',') }}|{{ emoji }}|"
+        "{{ transition_time }}|{{ duration }}|{{ duration_seconds }}|{{ killed_at }}|{{ log }}|"
+        "{{ console_url }}|{{ flavour }}|{{ 'x'|strong }}"
     )
 
     message = render(TRANSITION, title=template, body=template, flavour="markdown")
@@ -254,9 +437,9 @@ def test_it_gives_templates_the_event_as_plain_values() -> None:
     assert message.body == (
         "run_ab12|prod|0f9e8d7c-6b5a-4a3b-9c8d-7e6f5a4b3c2d|transition|yolo-detector|"
         "traffic-signs|vision|vision|Failed|Reached|OutOfMemory|"
-        "Container exceeded its memory limit|Pending|Reached|Running|❌|2024-06-01T11:13:00Z|"
-        f"1h 13m|4380|2024-06-01T11:11:40Z|https://logs.vi.datature.com/run_ab12|{CONSOLE}|"
-        "markdown|**x**"
+        "Container exceeded its memory limit|Pending|Reached|Running|Pending,Running,Failed|❌|"
+        "2024-06-01T11:13:00Z|1h 12m|4320|2024-06-01T11:11:40Z|"
+        f"https://logs.vi.datature.com/run_ab12|{CONSOLE}|markdown|**x**"
     )
     assert message.title == message.body
 
@@ -307,150 +490,3 @@ def test_it_falls_back_when_a_rule_template_has_a_syntax_error() -> None:
 
     assert message.body == render(TRANSITION).body
     assert [(entry["event"], entry["field"]) for entry in logs] == [("render.failed", "body")]
-
-
-ESCAPES = [
-    "{{ ''.__class__.__mro__ }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ cycler.__init__ }}",
-    "{{ cycler.__init__.__globals__.os.environ }}",
-    "{{ lipsum.__globals__['os'].environ }}",
-    "{{ self.__dict__ }}",
-    "{{ self._TemplateReference__context }}",
-    "{{ run_id.upper() }}",
-    "{{ run_id.__len__() }}",
-    "{{ attributes.items() }}",
-    "{{ attributes.__class__ }}",
-    "{{ attributes.get('team') }}",
-    "{{ previous.condition }}",  # values are plain strings, not runwatch's objects
-    "{{ '{0.__class__}'.format(run_id) }}",
-    "{{ run_id.format }}",
-    "{{ '%s'.__mod__ }}",
-    "{{ run_id|attr('__class__') }}",
-    "{{ (run_id|attr('upper'))() }}",
-    "{{ range(10)|list }}",
-    "{{ lipsum() }}",
-    "{{ namespace(a=1) }}",
-    "{{ joiner() }}",
-    "{{ dict(a=1) }}",
-    "{{ os.environ }}",
-    "{{ environ }}",
-    "{{ config }}",
-    "{% macro m() %}x{% endmacro %}{{ m() }}",
-    "{% for c in skipped %}{{ loop.cycle('a', 'b') }}{% endfor %}",
-    "{% for c in skipped %}{{ loop.__class__ }}{% endfor %}",
-    "{% include '/etc/passwd' %}",
-    "{% import 'os' as os %}{{ os }}",
-]
-
-
-@pytest.mark.parametrize("template", ESCAPES)
-def test_it_refuses_templates_that_reach_beyond_the_event(
-    template: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Calls, attributes, globals and imports fail; the default is sent; no secret leaks."""
-    monkeypatch.setenv("DATATURE_VI_SECRET_KEY", SECRET)
-
-    error = validate_template(template)
-    with capture_logs() as logs:
-        message = render(TRANSITION, title=template, body=template)
-
-    assert error is not None
-    assert "\n" not in error
-    assert message == render(TRANSITION)
-    assert [(entry["event"], entry["field"]) for entry in logs] == [
-        ("render.failed", "title"),
-        ("render.failed", "body"),
-    ]
-    assert SECRET not in f"{error}{message}{logs}"
-
-
-def test_it_offers_templates_no_global_functions() -> None:
-    """Jinja2's default globals (range, lipsum, cycler, ...) are gone, not merely uncallable."""
-    names = ("range", "lipsum", "cycler", "joiner", "namespace", "dict")
-    title = " ".join(f"{{{{ {name} is defined }}}}" for name in names)
-
-    assert render(TRANSITION, title=title).title == " ".join(["False"] * len(names))
-
-
-@pytest.mark.parametrize(
-    ("template", "error"),
-    [
-        ("{{ run_id }}\n{% if %}", "line 2: Expected an expression, got 'end of statement block'"),
-        ("ok\n\n{{ run_id }", "line 3: unexpected '}'"),
-        ("{% for c in skipped %}\n{{ c }}", "line 2: Unexpected end of template."),
-        ("{{ run_id|nope }}", "line 1: No filter named 'nope'."),
-    ],
-)
-def test_it_reports_syntax_errors_with_their_line(template: str, error: str) -> None:
-    """A template that does not compile is reported on one line that names where."""
-    message = validate_template(template)
-
-    assert message is not None
-    assert message.startswith(error)
-
-
-@pytest.mark.parametrize(
-    ("template", "error"),
-    [
-        ("first\n\n{{ nope }}", "line 3: UndefinedError: 'nope' is undefined (sample transition"),
-        (
-            "{{ attributes.owner }}",
-            "line 1: UndefinedError: 'dict object' has no attribute 'owner' (sample transition",
-        ),
-        (
-            "{{ run_id.upper() }}",
-            "line 1: SecurityError: access to attribute 'upper' of 'str' object is unsafe.",
-        ),
-        # only the deletion sample skipped nothing
-        (
-            "{{ skipped[0] }}",
-            "line 1: UndefinedError: tuple object has no element 0 (sample deleted",
-        ),
-    ],
-)
-def test_it_reports_render_failures_on_the_sample_events(template: str, error: str) -> None:
-    """A template that fails on any sample event is refused, with the line and the sample."""
-    message = validate_template(template)
-
-    assert message is not None
-    assert message.startswith(error)
-
-
-def test_it_accepts_a_template_that_renders_every_sample() -> None:
-    """Guarded optional values are fine."""
-    template = (
-        "{{ emoji }} {{ flow or run_id }}: {{ previous or 'new' }} → {{ condition }}"
-        "{% if reason %} ({{ reason }}){% endif %} {{ attributes.team|default('') }}"
-    )
-
-    assert validate_template(template) is None
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{{ 'x' * 10**9 }}",
-        "{{ 9**9**9 }}",
-        "{{ run_id * 100000 }}",
-        "{{ run_id|center(100000000) }}",
-        "{{ '%*s'|format(1000000000, 'a') }}",
-        "{{ message|indent(10**6) }}",
-        "{{ run_id" + "|replace('_', '__________')" * 6 + " }}",
-    ],
-)
-def test_it_refuses_templates_that_would_build_huge_strings(source: str) -> None:
-    """A template cannot take the daemon's memory or CPU by building an enormous string."""
-    error = validate_template(source)
-    assert error is not None and "SecurityError" in error
-    with capture_logs() as logs:
-        message = render(TRANSITION, body=source)
-    assert message.body == render(TRANSITION).body  # fell back to the default
-    assert [entry["event"] for entry in logs] == ["render.failed"]
-
-
-def test_it_still_allows_modest_repetition_and_padding() -> None:
-    """Bounds leave room for what real templates do: rules of dashes, aligned columns."""
-    assert render(TRANSITION, body="{{ '-' * 20 }}|{{ run_id|center(12) }}").body == (
-        "-" * 20 + "|" + "run_ab12".center(12).rstrip()
-    )

@@ -38,7 +38,7 @@ import yaml
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from harness import wait_until
 from receiver import Receiver
-from test_email import LoopbackController, Mailbox
+from smtp_server import LoopbackController, Mailbox
 
 from runwatch.simulator.server import Fault, Simulator
 

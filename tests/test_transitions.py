@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runwatch.core.model import Condition, Event, Run, RunState
+from runwatch.core.run_index import RunIndex, fingerprint, run_fingerprint
 from runwatch.core.transitions import (
     Diff,
     Fold,
@@ -19,6 +20,7 @@ from runwatch.core.transitions import (
     is_older,
     listing_looks_broken,
     state_of,
+    terminal_conditions,
 )
 
 ORG = "org-1"
@@ -348,6 +350,23 @@ def test_it_fills_events_from_the_observed_run_and_the_poll() -> None:
     assert event.key == f"{ORG}/run_1/transition/Failed/Reached/3000/g2"
 
 
+@given(
+    change=st.sampled_from(
+        ["etag", "last_updated", "generation", "log", "killed_at", "flow_name", "attributes"]
+    ),
+    value=st.text(max_size=5),
+)
+def test_it_fingerprints_an_observation_as_the_state_it_would_make(change: str, value: str) -> None:
+    """A run's fingerprint equals that of the state it makes, and moves with any API field."""
+    run = a_run(PENDING, FAILED, attributes={"team": "x"})
+    assert run_fingerprint(run) == fingerprint(state_of(run, now_ms=NOW))
+    moved_value: Any = {"team": value + "!"} if change == "attributes" else (
+        hash(value) if change in ("last_updated", "generation", "killed_at") else value + "!"
+    )
+    moved = replace(run, **{change: moved_value})
+    assert run_fingerprint(moved) != run_fingerprint(run)
+
+
 def test_it_keeps_its_own_observations_of_a_run_across_polls() -> None:
     """seen_at follows the condition, changed_at the document, marks their own kind."""
     first = state_of(a_run(PENDING, RUNNING), now_ms=1_000)
@@ -365,8 +384,14 @@ def test_it_keeps_its_own_observations_of_a_run_across_polls() -> None:
 # --- folding a poll: runs go missing only from a complete listing, and are deleted by a GET ---
 
 
-def folded(known: dict[str, RunState], tombstones: dict[str, RunState] | None = None) -> Fold:
-    return Fold(known, workspace="prod", baseline=False, now_ms=NOW, tombstones=tombstones)
+TERMINAL = terminal_conditions()
+
+
+def folded(
+    known: dict[str, RunState], tombstones: dict[str, RunState] | None = None, now_ms: int = NOW
+) -> Fold:
+    index = RunIndex(known.values(), terminal=TERMINAL, tombstones=tombstones)
+    return Fold(index, workspace="prod", baseline=False, now_ms=now_ms)
 
 
 def test_it_counts_runs_it_could_not_decode_as_still_there() -> None:
@@ -386,10 +411,10 @@ def test_it_deletes_only_what_a_get_confirmed_and_keeps_a_tombstone() -> None:
     fold = folded(known)
     fold.add([kept])
 
-    assert [s.run_id for s in fold.missing()] == ["run_gone"]
+    assert fold.missing() == ["run_gone"]
     assert fold.result() == Diff(events=(), upserts=())  # missing is not deleted
 
-    fold.delete(fold.missing())
+    fold.delete([known[run_id] for run_id in fold.missing()])
     result = fold.result()
 
     [event] = result.events
@@ -425,14 +450,34 @@ def test_it_announces_a_recreated_id_as_new_and_each_of_its_deletions() -> None:
     fold.add([again])
     [new] = fold.result().events
 
-    second = Fold(
-        {"run_1": state_of(again, now_ms=NOW)}, workspace="prod", baseline=False, now_ms=NOW + 1
-    )
-    second.delete(second.missing())
+    recreated = state_of(again, now_ms=NOW)
+    second = folded({"run_1": recreated}, now_ms=NOW + 1)
+    second.delete([recreated])
     [deleted] = second.result().events
 
     assert new.kind == "new"
     assert deleted.kind == "deleted" and deleted.key != f"{ORG}/run_1/deleted/500/{NOW - 10}"
+
+
+def test_it_needs_the_stored_state_only_of_a_finished_run_that_changed() -> None:
+    """Finished runs are known by fingerprint: a quiet one costs nothing, a changed one is
+    asked for and, once supplied, diffed like any other."""
+    done = a_run(PENDING, SUCCEEDED, run_id="done")
+    retried = a_run(PENDING, FAILED, run_id="retried")
+    known = known_from(done, retried)
+    fold = folded(known)
+    again = a_run(PENDING, FAILED, RUNNING, run_id="retried")
+
+    assert fold.needs([done, again]) == ["retried"]
+    with pytest.raises(LookupError):
+        fold.add([again])
+    fold.supply({"retried": known["retried"]})
+    fold.add([done, again])
+
+    assert [(e.run_id, e.previous, e.current) for e in fold.result().events] == [
+        ("retried", FAILED, RUNNING)
+    ]
+    assert fold.seen == {"done", "retried"}
 
 
 @pytest.mark.parametrize(

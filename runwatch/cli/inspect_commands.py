@@ -17,7 +17,8 @@ from runwatch.core.render import sample_events
 from runwatch.delivery.apprise_channel import ALL_URLS
 from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders, unsupported
 from runwatch.delivery.senders import Outgoing, Sender
-from runwatch.service.cycle import destinations
+from runwatch.delivery.slack import SlackSender
+from runwatch.service.cycle import destinations, styles
 from runwatch.state.sqlite import SqliteStore
 from runwatch.state.store import Lane
 
@@ -33,7 +34,7 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
         rules=config.rules,
         templates=config.templates,
         destinations=destinations(config.channels),
-        console_urls={ws.name: ws.console_url for ws in config.workspaces},
+        workspaces=styles(config),
     )
     print(
         f"\nrendered {len(items)} sample message(s) for {len(config.rules)} rule(s): OK", file=out
@@ -45,7 +46,10 @@ def check(config: Config, out: TextIO = sys.stdout) -> int:
 
 
 def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> int:
-    """Send one test message to every target of the channels; exit 1 if any failed."""
+    """Send one test message to every target of the channels; exit 1 if any failed.
+
+    A Slack channel posts its test message and then edits it, each step reported: editing
+    in place is what its messages need beyond a plain post."""
     unknown = [n for n in names if n not in config.channels]
     if unknown:
         print(
@@ -66,8 +70,13 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
     )
 
     async def main() -> list[tuple[str, bool, str]]:
-        async def one(lane: Lane, sender: Sender) -> tuple[str, bool, str]:
+        async def one(lane: Lane, sender: Sender) -> list[tuple[str, bool, str]]:
             name, target = lane
+            if isinstance(sender, SlackSender):
+                steps = await sender.trial(
+                    host=os.uname().nodename, timeout=config.delivery.timeout
+                )
+                return [(name, ok, detail) for ok, detail in steps]
             body = text.format(name=name)
             if target == WEBHOOK_TARGET:
                 body = json.dumps({"schema": "runwatch.test/1", "kind": "test", "message": body})
@@ -78,10 +87,11 @@ def notify_test(config: Config, names: list[str], out: TextIO = sys.stdout) -> i
                 event_keys=(f"runwatch/test/{name}/{now}",),
             )
             outcome = await sender.send(message, timeout=config.delivery.timeout)
-            return name, outcome.ok, outcome.detail or sender.describe()
+            return [(name, outcome.ok, outcome.detail or sender.describe())]
 
         try:
-            return list(await asyncio.gather(*(one(lane, s) for lane, s in senders.items())))
+            results = await asyncio.gather(*(one(lane, s) for lane, s in senders.items()))
+            return [step for steps in results for step in steps]
         finally:
             await close_senders(senders)
 

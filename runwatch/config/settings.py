@@ -200,7 +200,7 @@ class SlackConfig:
     channel: Annotated[str, Check(slack_channel_problem)]
     #: Slack's Web API, ending with "/"
     api_url: Annotated[str, Check(http_url_problem)] = DEFAULT_SLACK_API_URL
-    #: later changes of a run as replies in its message's thread
+    #: failures, errors and overdue notices also as replies in the run's message's thread
     thread: bool = True
 
 

@@ -3,8 +3,10 @@ row per target.
 
 Rendering happens here, before the commit, so the outbox holds the exact text to send: a
 reload of templates never changes a message already promised, and delivery needs nothing
-but the row. A channel with several targets (an Apprise channel's URLs) gets one row per
-target, all with the same text, so each target's delivery is tracked on its own.
+but the row. A Slack channel's row holds its message as Block Kit JSON (a fixed layout:
+templates set its title, which listings show, not its blocks). A channel with several
+targets (an Apprise channel's URLs) gets one row per target, all with the same text, so
+each target's delivery is tracked on its own.
 """
 
 from __future__ import annotations
@@ -13,26 +15,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from runwatch.core.links import console_link
 from runwatch.core.model import Event, OutboxItem
 from runwatch.core.render import Flavour, render
 from runwatch.core.rules import Rule, Templates, route
+from runwatch.core.slack_blocks import slack_row
 from runwatch.core.webhook import webhook_document
-
-DEFAULT_CONSOLE_URL = "https://vi.datature.com/org/{organization_id}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Destination:
-    """How a channel's rows are written: in which markup (or as a webhook's JSON document),
-    and for which targets."""
+    """How a channel's rows are written: in which markup (or as a webhook's JSON document,
+    or as a Slack message's blocks: `core.slack_blocks`), and for which targets."""
 
-    flavour: Flavour | Literal["webhook"]
+    flavour: Flavour | Literal["webhook", "slack"]
     targets: tuple[str, ...]
 
 
-def console_url(event: Event, template: str = DEFAULT_CONSOLE_URL) -> str:
-    """The workspace's console link for `event` (run ids are plain at this point)."""
-    return template.format(organization_id=event.organization_id, run_id=event.run_id)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkspaceStyle:
+    """What a workspace's configuration says about its messages."""
+
+    console_url: str | None = None  # a template with {organization_id} and {run_id}
+    max_metrics: int = 6  # model metrics shown in a default message
 
 
 def outbox_items(
@@ -41,11 +46,14 @@ def outbox_items(
     rules: Sequence[Rule],
     templates: Templates,
     destinations: Mapping[str, Destination],
-    console_urls: Mapping[str, str] | None = None,  # workspace name -> console_url template
+    workspaces: Mapping[str, WorkspaceStyle] | None = None,  # by workspace name
 ) -> list[OutboxItem]:
     items: list[OutboxItem] = []
     for event in events:
-        link = console_url(event, (console_urls or {}).get(event.workspace, DEFAULT_CONSOLE_URL))
+        style = (workspaces or {}).get(event.workspace) or WorkspaceStyle()
+        link = console_link(
+            style.console_url, organization_id=event.organization_id, run_id=event.run_id
+        )
         last = event.current if event.current is not None else event.previous
         for r in route(event, tuple(rules)):
             destination = destinations.get(r.channel)
@@ -56,11 +64,15 @@ def outbox_items(
                 event,
                 title=r.rule.title or templates.title,
                 body=r.rule.body or templates.body,
-                flavour="markdown" if flavour == "webhook" else flavour,
+                flavour="markdown" if flavour == "webhook" or flavour == "slack" else flavour,
+                console_url=style.console_url,
+                max_metrics=style.max_metrics,
             )
             body = message.body
             if flavour == "webhook":
                 body = webhook_document(event, console_url=link).decode()
+            elif flavour == "slack":  # the title stays the rendered one: listings show it
+                body = slack_row(event, console_url=link)
             for target in destination.targets:
                 items.append(
                     OutboxItem(

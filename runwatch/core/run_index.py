@@ -1,20 +1,30 @@
-"""The runs known of one workspace, indexed for what a poll asks of them.
+"""The runs known of one workspace, kept at the cost of what can still change.
 
-Pure data structures, no I/O. `RunIndex` keeps every known run by id and, updated on every
-write, the unfinished ones and the sorted creation times (the watermark, and how deep in the
-listing a run sits), so a steady-state poll of 100,000 known runs never scans them all.
-`Overlay` is that index as one poll has changed it so far, before anything is committed.
+Pure data structures, no I/O. Most of a workspace's runs are finished and never change
+again, so `RunIndex` keeps a full `RunState` only for the unfinished ones; of a finished run
+it keeps its creation time and a fingerprint of what the API said of it (`fingerprint`), in
+one integer. A full listing compares each finished run it sees with its fingerprint: equal,
+and the run is quiet (the common case, costing no object at all); different, and the shell
+loads that run's stored state to diff it (rare: a finished run that changed again).
+Besides, the index keeps the sorted creation times (the watermark, and how deep in the
+listing a run sits) in a compact array, and tombstones of runs confirmed deleted.
+
+100,000 known runs then cost about 250 bytes each instead of a RunState's ~700: the daemon's
+memory grows with what can change, not with history.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping, MutableMapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar, overload
 
-from runwatch.core.model import RunState
+from runwatch.core.model import Condition, Run, RunState
 
 _T = TypeVar("_T")
+_FP_BITS = 64
+_FP_MASK = (1 << _FP_BITS) - 1
 
 
 def is_unfinished(state: RunState, terminal: frozenset[str]) -> bool:
@@ -22,76 +32,148 @@ def is_unfinished(state: RunState, terminal: frozenset[str]) -> bool:
     return state.latest is None or state.latest.condition not in terminal
 
 
-class RunIndex(MutableMapping[str, RunState]):
+def fingerprint(state: RunState) -> int:
+    """A 64-bit digest of everything the API said of a run (not runwatch's own observations).
+
+    Two states with the same fingerprint are, but for a 2^-64 chance, the same to a diff:
+    `fingerprint(state_of(run, stored)) == fingerprint(stored)` exactly when the
+    observation changes nothing but runwatch's own fields. Python's hash is salted per
+    process, so fingerprints are computed at load, never stored.
+    """
+    return _digest(
+        state.latest,
+        (state.time_created, state.last_updated, state.generation, state.flow_name),
+        (state.training_project, state.etag, state.log, state.killed_at),
+        state.attributes,
+    )
+
+
+def run_fingerprint(run: Run) -> int:
+    """`fingerprint` of what runwatch would remember of an observed run."""
+    return _digest(
+        run.latest,
+        (run.time_created, run.last_updated, run.generation, run.flow_name),
+        (run.training_project, run.etag, run.log, run.killed_at),
+        run.attributes,
+    )
+
+
+def _digest(
+    c: Condition | None,
+    times: tuple[object, ...],
+    names: tuple[object, ...],
+    attributes: Mapping[str, str],
+) -> int:
+    latest = (
+        None if c is None else (c.condition, c.status, c.last_transition_time, c.reason, c.message)
+    )
+    labels = tuple(sorted(attributes.items())) if attributes else ()
+    return hash((latest, times, names, labels)) & _FP_MASK
+
+
+class RunIndex:
     """The known runs of one workspace by run id; `terminal` says which ones are finished.
 
     New creation times are sorted in when next read, in one merge however many came: a
     baseline records 100,000 runs, newest first, and inserting each at the front of a
-    sorted list would cost a quadratic memmove. Deletions cost one bisect and a memmove.
+    sorted array would cost a quadratic memmove. Deletions cost one bisect and a memmove.
     """
 
-    __slots__ = ("_added", "_created", "_runs", "_unfinished", "terminal", "tombstones")
+    __slots__ = ("_added", "_created", "_finished", "_live", "terminal", "tombstones")
 
     def __init__(
         self,
-        runs: Mapping[str, RunState],
+        runs: Iterable[RunState] = (),
         *,
         terminal: frozenset[str],
         tombstones: Mapping[str, RunState] | None = None,
     ) -> None:
         self.terminal = terminal
+        self._live: dict[str, RunState] = {}  # unfinished runs, whole
+        self._finished: dict[str, int] = {}  # finished runs: time_created << 64 | fingerprint
+        self._created = array("q")
+        self._added: list[int] = []  # creation times not yet merged into _created
         # Runs confirmed deleted, kept so that one seen again is compared, not announced.
         self.tombstones: dict[str, RunState] = dict(tombstones or {})
-        self._runs: dict[str, RunState] = dict(runs)
-        self._unfinished: dict[str, RunState] = {
-            run_id: s for run_id, s in self._runs.items() if is_unfinished(s, terminal)
-        }
-        self._created: list[int] = sorted(s.time_created for s in self._runs.values())
-        self._added: list[int] = []  # creation times not yet merged into _created
+        for state in runs:
+            self.record(state)
 
-    def __getitem__(self, run_id: str) -> RunState:
-        return self._runs[run_id]
+    # -- what a diff asks -----------------------------------------------------------------
 
     @overload
     def get(self, run_id: str, /) -> RunState | None: ...
     @overload
     def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
     def get(self, run_id: str, /, default: object = None) -> object:
-        return self._runs.get(run_id, default)
+        """The whole state of an unfinished run (finished runs are kept as fingerprints)."""
+        return self._live.get(run_id, default)
+
+    def finished_fingerprint(self, run_id: str) -> int | None:
+        """The fingerprint of a finished run, or None when the run is not a finished one."""
+        packed = self._finished.get(run_id)
+        return None if packed is None else packed & _FP_MASK
 
     def __contains__(self, run_id: object) -> bool:
-        return run_id in self._runs
+        return run_id in self._live or run_id in self._finished
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._runs)
+        yield from self._live
+        yield from self._finished
 
     def __len__(self) -> int:
-        return len(self._runs)
+        return len(self._live) + len(self._finished)
 
-    def __setitem__(self, run_id: str, state: RunState) -> None:
-        old = self._runs.get(run_id)
-        self._runs[run_id] = state
+    def time_created(self, run_id: str) -> int | None:
+        state = self._live.get(run_id)
+        if state is not None:
+            return state.time_created
+        packed = self._finished.get(run_id)
+        return None if packed is None else packed >> _FP_BITS
+
+    def fingerprints(self) -> dict[str, int]:
+        """Every known run's fingerprint (to compare two moments of the index)."""
+        out = {run_id: fingerprint(s) for run_id, s in self._live.items()}
+        out.update((run_id, p & _FP_MASK) for run_id, p in self._finished.items())
+        return out
+
+    # -- keeping it up to date --------------------------------------------------------------
+
+    def record(self, state: RunState) -> None:
+        """Take in one committed RunState: a live run, a finished one, or a tombstone."""
+        run_id = state.run_id
+        if state.deleted_at is not None:
+            self.forget(run_id)
+            self.tombstones[run_id] = state
+            return
+        self.tombstones.pop(run_id, None)
+        old = self.time_created(run_id)
         if old is None:
             self._added.append(state.time_created)
-        elif old.time_created != state.time_created:
-            self._forget_created(old.time_created)
+        elif old != state.time_created:
+            self._forget_created(old)
             self._added.append(state.time_created)
         if is_unfinished(state, self.terminal):
-            self._unfinished[run_id] = state
+            self._finished.pop(run_id, None)
+            self._live[run_id] = state
         else:
-            self._unfinished.pop(run_id, None)
+            self._live.pop(run_id, None)
+            self._finished[run_id] = (state.time_created << _FP_BITS) | fingerprint(state)
 
-    def __delitem__(self, run_id: str) -> None:
-        old = self._runs.pop(run_id)
-        self._unfinished.pop(run_id, None)
-        self._forget_created(old.time_created)
+    def forget(self, run_id: str) -> None:
+        created = self.time_created(run_id)
+        if created is None:
+            return
+        self._live.pop(run_id, None)
+        self._finished.pop(run_id, None)
+        self._forget_created(created)
 
-    def _sorted_created(self) -> list[int]:
+    def _sorted_created(self) -> array[int]:
         if self._added:
-            # Timsort merges the sorted list and the appended run in linear time.
-            self._created.extend(self._added)
+            merged = self._created.tolist()
+            merged.extend(self._added)
+            merged.sort()  # one merge: Timsort finds the sorted runs in it
+            self._created = array("q", merged)
             self._added.clear()
-            self._created.sort()
         return self._created
 
     def _forget_created(self, created: int) -> None:
@@ -100,22 +182,11 @@ class RunIndex(MutableMapping[str, RunState]):
         if i < len(times) and times[i] == created:
             del times[i]
 
-    def record(self, state: RunState) -> None:
-        """Take in one committed RunState: a live run, or a tombstone (`deleted_at` set)."""
-        if state.deleted_at is None:
-            self.tombstones.pop(state.run_id, None)
-            self[state.run_id] = state
-        else:
-            self.pop(state.run_id, None)
-            self.tombstones[state.run_id] = state
-
-    def as_dict(self) -> Mapping[str, RunState]:
-        """The runs, read-only by type, for lookups at dict speed."""
-        return self._runs
+    # -- what the poller asks --------------------------------------------------------------
 
     def unfinished(self) -> list[RunState]:
         """The runs that may still change (see `is_unfinished`)."""
-        return list(self._unfinished.values())
+        return list(self._live.values())
 
     def newest_created(self, *, not_after: int | None = None) -> int | None:
         """The newest creation time known, ignoring any later than `not_after`."""
@@ -132,7 +203,7 @@ class RunIndex(MutableMapping[str, RunState]):
 
 
 class Overlay(Mapping[str, RunState]):
-    """The known runs as this poll has updated them so far (its upserts over the index)."""
+    """The known runs as this poll has changed them so far, over a base of whole states."""
 
     __slots__ = ("_base", "changes")
 

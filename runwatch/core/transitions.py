@@ -76,15 +76,16 @@ clock, passed in as `now_ms`: this module reads no clock and does no I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeVar, overload
 
 from runwatch.core.model import TERMINAL_CONDITIONS, Condition, Event, EventKind, Run, RunState
-from runwatch.core.run_index import Overlay
+from runwatch.core.run_index import Overlay, RunIndex, run_fingerprint
 
 PollKind = Literal["baseline", "full", "incremental"]
+_T = TypeVar("_T")
 
 CONFIRMATIONS_PER_POLL = 50  # GETs a poll may spend confirming missing runs deleted
 BROKEN_LISTING_SHARE = 0.25  # missing more than this share of the known runs at once ...
@@ -248,20 +249,20 @@ def deletion_event(state: RunState, *, workspace: str, now_ms: int) -> Event:
 
 
 class Fold:
-    """Folds the pages (and single GETs) of one poll into one Diff; see the module docstring."""
+    """Folds the pages (and single GETs) of one poll into one Diff; see the module docstring.
+
+    The index keeps finished runs as fingerprints only: before a batch of runs is added, the
+    shell asks `needs(runs)` which finished runs changed since they were recorded, and
+    `supply`s their stored states, so that every diff sees a whole state.
+    """
 
     def __init__(
-        self,
-        known: Mapping[str, RunState],
-        *,
-        workspace: str,
-        baseline: bool,
-        now_ms: int,
-        tombstones: Mapping[str, RunState] | None = None,
+        self, index: RunIndex, *, workspace: str, baseline: bool, now_ms: int
     ) -> None:
-        self.known = known
-        self.view = Overlay(known)
-        self.tombstones = tombstones or {}
+        self.index = index
+        self.loaded: dict[str, RunState] = {}  # finished runs' stored states, as supplied
+        self.view = Overlay(_Known(index, self.loaded))
+        self.tombstones = index.tombstones
         self.workspace = workspace
         self.baseline = baseline
         self.now_ms = now_ms
@@ -269,22 +270,35 @@ class Fold:
         self.seen: set[str] = set()
         self.unknown = 0  # distinct runs seen that were not known before this poll
 
+    def needs(self, runs: Sequence[Run]) -> list[str]:
+        """The finished runs among `runs` that changed since recorded (whose states to supply)."""
+        return [run.run_id for run in runs if self._changed_finished(run)]
+
+    def supply(self, states: Mapping[str, RunState]) -> None:
+        self.loaded.update(states)
+
     def add(self, runs: Sequence[Run], skipped: Sequence[str] = ()) -> None:
         """Fold in what one response showed: decoded runs, and ids it could not decode."""
-        for run_id in (*skipped, *(r.run_id for r in runs)):
-            if run_id in self.seen:
-                continue
-            stored = self.known.get(run_id)
-            if stored is None:
-                self.unknown += 1
+        index = self.index
+        for run_id in skipped:
+            if run_id not in self.seen:
                 self.seen.add(run_id)
-            else:
-                # The known id, not the equal one just decoded: a full listing of 100,000
-                # quiet runs then keeps no second copy of every id until it ends.
-                self.seen.add(stored.run_id)
+                self.unknown += run_id not in index
+        fresh: list[Run] = []
+        for run in runs:
+            run_id = run.run_id
+            if run_id not in self.seen:
+                self.seen.add(run_id)
+                self.unknown += run_id not in index
+            fp = index.finished_fingerprint(run_id)
+            if fp is not None and run_id not in self.loaded and run_id not in self.view.changes:
+                if run_fingerprint(run) == fp:
+                    continue  # a finished run, quiet: the common case of a full listing
+                raise LookupError(f"run {run_id} changed, and its stored state was not supplied")
+            fresh.append(run)
         diff = detect_transitions(
             self.view,
-            runs,
+            fresh,
             workspace=self.workspace,
             baseline=self.baseline,
             now_ms=self.now_ms,
@@ -294,13 +308,14 @@ class Fold:
         for state in diff.upserts:
             self.view.changes[state.run_id] = state
 
-    def missing(self) -> list[RunState]:
+    def missing(self) -> list[str]:
         """Known runs this poll has not seen, newest first: after a complete listing, the
         candidates for deletion (never on the baseline, which has nothing known)."""
         if self.baseline:
             return []
-        gone = [s for run_id, s in self.known.items() if run_id not in self.seen]
-        gone.sort(key=lambda s: s.time_created, reverse=True)
+        index = self.index
+        gone = [run_id for run_id in index if run_id not in self.seen]
+        gone.sort(key=lambda run_id: index.time_created(run_id) or 0, reverse=True)
         return gone
 
     def delete(self, states: Iterable[RunState]) -> None:
@@ -313,8 +328,54 @@ class Fold:
             self.view.changes[state.run_id] = dataclasses.replace(current, deleted_at=self.now_ms)
             self.seen.add(state.run_id)
 
+    def drain(self) -> list[RunState]:
+        """The states recorded so far, handed over and forgotten (a baseline commits them in
+        parts, so 100,000 runs are never all in memory at once)."""
+        states = list(self.view.changes.values())
+        self.view.changes.clear()
+        return states
+
     def result(self) -> Diff:
         return Diff(events=tuple(self.events), upserts=tuple(self.view.changes.values()))
+
+    def _changed_finished(self, run: Run) -> bool:
+        fp = self.index.finished_fingerprint(run.run_id)
+        return (
+            fp is not None
+            and run.run_id not in self.loaded
+            and run.run_id not in self.view.changes
+            and run_fingerprint(run) != fp
+        )
+
+
+class _Known(Mapping[str, RunState]):
+    """The whole states a diff can see: unfinished runs from the index, finished ones supplied."""
+
+    __slots__ = ("_index", "_loaded")
+
+    def __init__(self, index: RunIndex, loaded: Mapping[str, RunState]) -> None:
+        self._index = index
+        self._loaded = loaded
+
+    @overload
+    def get(self, run_id: str, /) -> RunState | None: ...
+    @overload
+    def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
+    def get(self, run_id: str, /, default: object = None) -> object:
+        state = self._loaded.get(run_id)
+        return state if state is not None else self._index.get(run_id, default)
+
+    def __getitem__(self, run_id: str) -> RunState:
+        state = self.get(run_id)
+        if state is None:
+            raise KeyError(run_id)
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def _changed(latest: Condition, previous: Condition | None, history: tuple[Condition, ...]) -> bool:

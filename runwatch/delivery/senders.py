@@ -36,6 +36,7 @@ class Outgoing:
     # pending rows into one send (the native Slack channel: only the latest state is shown,
     # but each failure among them still gets its thread reply).
     parts: Sequence[str] = field(default_factory=tuple)
+    titles: Sequence[str] = field(default_factory=tuple)  # and their titles, likewise
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

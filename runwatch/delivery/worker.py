@@ -185,6 +185,7 @@ class Deliverer:
                 notify_type=last.notify_type,
                 event_keys=tuple(r.event_key for r in rows),
                 parts=tuple(r.body for r in rows),
+                titles=tuple(r.title for r in rows),
             )
             if await self._send(lane, rows, message, policy):
                 sent += len(rows)

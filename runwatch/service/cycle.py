@@ -26,8 +26,8 @@ import structlog
 
 from runwatch.clock import Clock
 from runwatch.config.settings import ChannelConfig, Config, WorkspaceConfig
-from runwatch.core.compose import Destination, outbox_items
-from runwatch.core.model import OutboxItem
+from runwatch.core.compose import Destination, WorkspaceStyle, outbox_items
+from runwatch.core.model import OutboxItem, RunState
 from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
 from runwatch.delivery.lanes import flavour_of, targets_of
@@ -131,7 +131,7 @@ class PollCycle:
             rules=self.config.rules,
             templates=self.config.templates,
             destinations=self.destinations,
-            console_urls={ws.name: ws.console_url for ws in self.config.workspaces},
+            workspaces=styles(self.config),
         )
 
     async def poll(self, ws: WorkspaceConfig, *, commit: bool = True) -> WorkspacePoll:
@@ -145,8 +145,15 @@ class PollCycle:
             plan = self.plan(meta, now_ms)
             kind = plan.kind
             known = self._known(ws.organization_id)
+            org = ws.organization_id
             outcome = await poll_workspace(
-                self.clients[ws.name], known, workspace=ws.name, plan=plan, now_ms=now_ms
+                self.clients[ws.name],
+                known,
+                workspace=ws.name,
+                plan=plan,
+                now_ms=now_ms,
+                load=lambda run_ids: self._store.load_run_states(org, run_ids),
+                flush=self._baseline_part(known, org) if commit else _discard,
             )
             # Between observe and compose: the fetched fields are rendered, then committed.
             events = await self.enrichers[ws.name].enrich(outcome.diff.events, now_ms=now_ms)
@@ -193,7 +200,7 @@ class PollCycle:
         index = self.known.get(organization_id)
         if index is None:
             index = self.known[organization_id] = RunIndex(
-                self._store.load_runs(organization_id),
+                self._store.iter_runs(organization_id),
                 terminal=self.terminal,
                 tombstones=self._store.load_tombstones(organization_id),
             )
@@ -247,6 +254,16 @@ class PollCycle:
             "polling resumes then"
         )
         return PollReport(workspace=ws.name, ok=False, kind="deferred", error=error)
+
+    def _baseline_part(self, known: RunIndex, org: str) -> Callable[[Sequence[RunState]], None]:
+        def flush(states: Sequence[RunState]) -> None:
+            # A part of a baseline, recorded silently; if the baseline fails later, the next
+            # poll is a baseline again and these rows are simply recorded once more.
+            self._store.record_runs(org, states)
+            for state in states:
+                known.record(state)
+
+        return flush
 
     def _failed(self, ws: WorkspaceConfig, kind: str, exc: Exception) -> PollReport:
         if isinstance(exc, ViError | StoreError):
@@ -309,11 +326,23 @@ class PollCycle:
         }
 
 
+def styles(config: Config) -> dict[str, WorkspaceStyle]:
+    """What each workspace's configuration says about its messages."""
+    return {
+        ws.name: WorkspaceStyle(console_url=ws.console_url, max_metrics=ws.enrich.max_metrics)
+        for ws in config.workspaces
+    }
+
+
+def _discard(states: Sequence[RunState]) -> None:
+    """A dry run's baseline parts: nothing is recorded, and nothing needs to be kept."""
+
+
 def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination]:
     """How each channel's rows are written, and for which of its targets."""
     return {
         name: Destination(
-            flavour="webhook" if channel.kind == "webhook" else flavour_of(channel),
+            flavour=channel.kind if channel.kind in ("webhook", "slack") else flavour_of(channel),
             targets=targets_of(channel),
         )
         for name, channel in channels.items()

@@ -87,7 +87,7 @@ class Daemon:
         self._cycle_done = asyncio.Condition()
         self.deliverer = Deliverer(
             store,
-            build_senders(config.channels, clock=clock),
+            build_senders(config.channels, clock=clock, store=store),
             policies(config.channels, config.delivery),
             config.delivery,
             clock=clock,
@@ -114,7 +114,7 @@ class Daemon:
 
     async def reload(self, config: Config) -> None:
         """Swap in a validated configuration; state and pending deliveries carry over."""
-        senders = build_senders(config.channels, clock=self.clock)
+        senders = build_senders(config.channels, clock=self.clock, store=self.store)
         self.config = config
         old_clients = self.cycle.configure(config)
         self.heartbeat.stall_after_s = _stall_after(config)

@@ -41,7 +41,9 @@ from runwatch.state.sqlite_schema import (
     corrupt,
     store_error,
 )
-from runwatch.state.store import OutboxStats, PollCommit, WorkspaceMeta
+from runwatch.state.sqlite_slack import SqliteSlackMessages
+from runwatch.state.sqlite_slack import prune as prune_slack_messages
+from runwatch.state.store import OutboxStats, PollCommit, SlackMessage, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.sqlite")
 
@@ -57,6 +59,7 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._last_prune_ms = 0
         self._outbox = SqliteOutbox(self)
+        self._slack = SqliteSlackMessages(self)
 
     @classmethod
     def open(
@@ -290,6 +293,42 @@ class SqliteStore:
             )
             return {row[1]: run_from_row(row) for row in rows}
 
+    def iter_runs(self, organization_id: str) -> Iterator[RunState]:
+        """Every tracked run of a workspace (tombstones aside), one at a time: building the
+        index of 100,000 runs never holds them all at once."""
+        with self.reading("reading runs") as conn, gc_paused():
+            cursor = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs "
+                "WHERE organization_id = ? AND deleted_at IS NULL",
+                (organization_id,),
+            )
+            while rows := cursor.fetchmany(1_000):
+                yield from map(run_from_row, rows)
+
+    def load_run_states(self, organization_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
+        """The stored states of these runs of a workspace (those it has), by run id."""
+        found: dict[str, RunState] = {}
+        with self.reading("reading runs") as conn:
+            for start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[start : start + 500])
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ? "
+                    f"AND deleted_at IS NULL AND run_id IN ({marks})",
+                    (organization_id, *chunk),
+                ):
+                    found[row[1]] = run_from_row(row)
+        return found
+
+    def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None:
+        """Write run states alone, in one transaction: a part of a baseline (no events, no
+        bookkeeping: the baseline counts as done when its last part commits with it)."""
+        with self.writing(f"recording runs of {organization_id}") as tx:
+            tx.executemany(
+                f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
+                (run_params(run) for run in states),
+            )
+
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]:
         """The runs of a workspace confirmed deleted and still remembered, by run id."""
         with self.reading("reading runs"):
@@ -433,10 +472,21 @@ class SqliteStore:
     def outbox_stats(self, now_ms: int) -> OutboxStats:
         return self._outbox.stats(now_ms)
 
+    # -- the native Slack channel's messages -----------------------------------------------
+
+    def slack_message(self, channel: str, run_key: str, incarnation: int) -> SlackMessage | None:
+        """The message a Slack channel posted for this run incarnation, if it did."""
+        return self._slack.get(channel, run_key, incarnation)
+
+    def set_slack_message(self, message: SlackMessage) -> None:
+        """Record where a run's message is (after posting it, or editing it: `updated_at`)."""
+        self._slack.put(message)
+
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget sent rows and events older than 30 days; dead rows and their events stay."""
+        """Forget sent rows, events and Slack message ids older than 30 days; dead rows and
+        their events stay."""
         cutoff = now_ms - RETENTION_MS
         with self.writing("pruning old rows") as tx:
             tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
@@ -446,6 +496,7 @@ class SqliteStore:
                 "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",
                 (cutoff,),
             )
+            prune_slack_messages(tx, cutoff)
         self._last_prune_ms = now_ms
 
     def _prune_quietly(self, now_ms: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runwatch.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
 RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
@@ -146,6 +146,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_state_channel ON outbox (state, channel)",
         # Each target hears about an event once, whoever enqueues it and however often.
         "CREATE UNIQUE INDEX outbox_event_lane ON outbox (event_key, channel, target)",
+    ),
+    (
+        # The native Slack channel's one message per run: where Slack keeps it (the channel
+        # id it answered and the message's ts), per runwatch channel and run incarnation
+        # (time_created), so a run id deleted and re-created starts a message of its own.
+        # `destination` is the channel as configured: re-pointing a runwatch channel at
+        # another Slack channel starts new messages there rather than editing old ones.
+        """CREATE TABLE slack_messages (
+            channel       TEXT NOT NULL,
+            run_key       TEXT NOT NULL,
+            incarnation   INTEGER NOT NULL,
+            destination   TEXT NOT NULL,
+            slack_channel TEXT NOT NULL,
+            ts            TEXT NOT NULL,
+            posted_at     INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL,
+            PRIMARY KEY (channel, run_key, incarnation)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX slack_messages_updated_at ON slack_messages (updated_at)",
     ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

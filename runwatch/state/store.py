@@ -11,7 +11,7 @@ what every backend speaks; `runwatch.state.sqlite` is the embedded one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +81,20 @@ class PollCommit:
     baseline: bool = False  # sets baselined_at = polled_at
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlackMessage:
+    """Where the native Slack channel keeps one run's message (see `core.slack_blocks`)."""
+
+    channel: str  # the runwatch channel
+    run_key: str  # "org/run_id"
+    incarnation: int  # the run's time_created, epoch ms: a re-created run id is another run
+    destination: str  # the Slack channel as configured (an id, or #name)
+    slack_channel: str  # the channel id Slack answered with: chat.update needs it
+    ts: str  # the message's timestamp, its id in that channel
+    posted_at: int  # epoch ms
+    updated_at: int  # epoch ms of the last post or edit
+
+
 class Outbox(Protocol):
     """The outbox of a store: what delivery and the operator's commands act on."""
 
@@ -119,6 +133,11 @@ class StateStore(Protocol):
     def workspace(self, organization_id: str) -> WorkspaceMeta: ...
     def load_runs(self, organization_id: str) -> dict[str, RunState]: ...
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]: ...
+    def iter_runs(self, organization_id: str) -> Iterator[RunState]: ...
+    def load_run_states(
+        self, organization_id: str, run_ids: Sequence[str]
+    ) -> dict[str, RunState]: ...
+    def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None: ...
     def set_resume_at(self, organization_id: str, resume_at: int | None) -> None: ...
     def tracked_runs(self) -> list[RunState]: ...
     def commit_poll(self, commit: PollCommit) -> int: ...
@@ -131,4 +150,8 @@ class StateStore(Protocol):
     def outbox(self) -> Outbox: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def slack_message(
+        self, channel: str, run_key: str, incarnation: int
+    ) -> SlackMessage | None: ...
+    def set_slack_message(self, message: SlackMessage) -> None: ...
     def close(self) -> None: ...

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -60,6 +60,10 @@ from runwatch.vi.decode import Page
 log = structlog.get_logger("runwatch.vi.poller")
 
 FUTURE_SLACK_MS = 10 * 60_000  # creation times this far ahead of our clock still count
+BASELINE_PART = 5_000  # recorded states a baseline hands to `flush` at a time
+
+Load = Callable[[Sequence[str]], Mapping[str, RunState]]
+Flush = Callable[[Sequence[RunState]], None]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,16 +100,16 @@ class _Walk:
     commit the newest runs, move the watermark past the ones it missed and lose them.
     """
 
-    def __init__(self, client: ViClient, fold: Fold, plan: PollPlan) -> None:
+    def __init__(self, client: ViClient, fold_in: Callable[[Page], None], plan: PollPlan) -> None:
         self._pages = client.list_runs(plan.page_size, max_pages=plan.max_pages)
-        self._fold = fold
+        self._fold_in = fold_in
         self.pages = 0
         self.ended = False  # reached the last page: the walk was a complete listing
 
     async def step(self) -> Page:
         page = await anext(self._pages)
         self.pages += 1
-        self._fold.add(page.runs, page.skipped)
+        self._fold_in(page)
         self.ended = page.next_page is None
         return page
 
@@ -162,28 +166,33 @@ async def poll_workspace(
     workspace: str,
     plan: PollPlan,
     now_ms: int,
+    load: Load,
+    flush: Flush | None = None,
 ) -> PollOutcome:
-    """Poll one workspace; raises what a failed page raises (the poll then counts for nothing)."""
-    fold = Fold(
-        index.as_dict(),
-        workspace=workspace,
-        baseline=plan.kind == "baseline",
-        now_ms=now_ms,
-        tombstones=index.tombstones,
-    )
+    """Poll one workspace; raises what a failed page raises (the poll then counts for nothing).
+
+    `load` reads the stored states of finished runs the poll needs whole (one that changed
+    again, one to confirm deleted); `flush` takes a baseline's recorded states in parts of
+    `BASELINE_PART`, so that a baseline of 100,000 runs never holds them all.
+    """
+    fold = Fold(index, workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms)
     fetches = _Fetches(client, plan.max_concurrency)
+
+    def fold_in(page: Page) -> None:
+        _add(fold, page.runs, load, page.skipped)
+        if flush is not None and fold.baseline and len(fold.view.changes) >= BASELINE_PART:
+            flush(fold.drain())
+
     if plan.kind != "incremental":
         pages = 0
         async for page in client.list_runs(plan.page_size, max_pages=plan.max_pages):
             pages += 1
-            fold.add(page.runs, page.skipped)
-        settled = await _settle_missing(
-            fold, fetches, known=len(index), org=client.organization_id
-        )
+            fold_in(page)
+        settled = await _settle_missing(fold, fetches, load, org=client.organization_id)
         return _outcome(plan.kind, fold, fetches, pages=pages, listed_whole=settled)
 
     watermark = index.newest_created(not_after=now_ms + FUTURE_SLACK_MS)
-    walk = _Walk(client, fold, plan)
+    walk = _Walk(client, fold_in, plan)
     try:
         # 1. the head of the listing, down past the watermark
         while not walk.ended:
@@ -208,18 +217,29 @@ async def poll_workspace(
 
     if walk.ended:
         # The walk was a complete listing: what it did not show is missing, not stale.
-        settled = await _settle_missing(
-            fold, fetches, known=len(index), org=client.organization_id
-        )
+        settled = await _settle_missing(fold, fetches, load, org=client.organization_id)
         return _outcome("full", fold, fetches, pages=walk.pages, listed_whole=settled)
-    for _, found in await fetches.get(stale):
-        # Gone (404): deletions are only concluded after a complete listing.
-        if isinstance(found, Run):
-            fold.add([found])
+    fetched = [found for _, found in await fetches.get(stale) if isinstance(found, Run)]
+    # Gone (404): deletions are only concluded after a complete listing.
+    _add(fold, fetched, load)
     return _outcome("incremental", fold, fetches, pages=walk.pages, listed_whole=False)
 
 
-async def _settle_missing(fold: Fold, fetches: _Fetches, *, known: int, org: str) -> bool:
+def _add(fold: Fold, runs: Sequence[Run], load: Load, skipped: Sequence[str] = ()) -> None:
+    needed = fold.needs(runs)
+    if needed:
+        fold.supply(load(needed))
+    fold.add(runs, skipped)
+
+
+def _states(fold: Fold, run_ids: Sequence[str], load: Load) -> list[RunState]:
+    """The whole states of known runs: unfinished ones from the index, the rest stored."""
+    live = {run_id: s for run_id in run_ids if (s := fold.index.get(run_id)) is not None}
+    stored = load([run_id for run_id in run_ids if run_id not in live])
+    return [s for run_id in run_ids if (s := live.get(run_id) or stored.get(run_id))]
+
+
+async def _settle_missing(fold: Fold, fetches: _Fetches, load: Load, *, org: str) -> bool:
     """GET the known runs a complete listing left out: delete the gone, keep the rest.
 
     Returns whether every missing run was settled (else the next poll lists whole again).
@@ -228,8 +248,9 @@ async def _settle_missing(fold: Fold, fetches: _Fetches, *, known: int, org: str
     missing = fold.missing()
     if not missing:
         return True
+    known = len(fold.index)
     if listing_looks_broken(len(missing), known):
-        sample = await fetches.get(missing[:BROKEN_LISTING_SAMPLE])
+        sample = await fetches.get(_states(fold, missing[:BROKEN_LISTING_SAMPLE], load))
         there = [s.run_id for s, found in sample if found is not Fetched.GONE]
         if there:
             unknown = all(found is Fetched.FAILED for _, found in sample)
@@ -242,7 +263,7 @@ async def _settle_missing(fold: Fold, fetches: _Fetches, *, known: int, org: str
                 f"the run listing of organization {org} left out {len(missing)} of {known} "
                 f"known runs, {why}; nothing was changed, and runwatch lists again next poll"
             )
-    batch = missing[:CONFIRMATIONS_PER_POLL]
+    batch = _states(fold, missing[:CONFIRMATIONS_PER_POLL], load)
     gone: list[RunState] = []
     settled = len(batch) == len(missing)
     for state, found in await fetches.get(batch):
@@ -253,7 +274,7 @@ async def _settle_missing(fold: Fold, fetches: _Fetches, *, known: int, org: str
         elif found is Fetched.FAILED:
             settled = False
         else:
-            fold.add([found])
+            _add(fold, [found], load)
     fold.delete(gone)
     if gone:
         log.info("runs.deleted", organization_id=org, runs=len(gone))
