@@ -52,16 +52,16 @@ def _story(sim: Simulator) -> list[Step]:
 
     Its runs are created just before the baseline, so they are part of history, and their
     durations read like real training runs rather than the seeded population's age. Each is
-    in a named training project, and those that succeed save checkpoints on the way (the
-    simulator's plan for their flow): their messages show the project's name and the
-    latest model's metrics.
+    in a training project of its own (the new run's is one the simulator names after its
+    id), and those that succeed save checkpoints on the way (the simulator's plan for their
+    flow): messages name the project, and a success shows the latest model's metrics.
     """
     started = [
         sim.create_run(condition="Running", flow=flow, training_project=project)
         for flow, project in (
             ("segformer-b2", "proj_defect-inspection"),
             ("convnext-classifier", "proj_retail-shelves"),
-            ("qwen-vl-finetune", "proj_retail-shelves"),
+            ("qwen-vl-finetune", "proj_aerial-survey"),
         )
     ]
     ok, failing, cancelled = started
@@ -69,7 +69,7 @@ def _story(sim: Simulator) -> list[Step]:
 
     def new_run() -> None:
         run_id = sim.create_run(
-            condition="Pending", flow="yolo-detector", training_project="proj_retail-shelves"
+            condition="Pending", flow="yolo-detector", training_project="proj_traffic-cams"
         )
         created.append(run_id)
 
