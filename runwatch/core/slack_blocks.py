@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from runwatch.core.model import ERROR, FAILED, REACHED, Condition, Event
 from runwatch.core.context import emoji_for
+from runwatch.core.model import ERROR, FAILED, REACHED, Condition, Event
 from runwatch.core.timing import human_duration
 
 SCHEMA = "runwatch.slack/1"
