@@ -394,6 +394,12 @@ async def test_a_restart_sends_the_enriched_message_once_and_fetches_nothing_aga
                 await daemon.aclose()  # crashed, say, before delivering
         assert event.enrichment == ENRICHED
         assert row == (key, item.title, item.body)
+        # The default body shows them, numbers to 4 significant digits, enrich.max_metrics (6)
+        # of the 7 in the API's order.
+        assert row[2].startswith(
+            "Running → **Succeeded** · epoch 50 · mAP 0.6123 · loss 0.01235 · precision 0.9000"
+            " · epochs_run 50 · note best so far · converged true · +1 more"
+        )
         with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
             [(payload,)] = db.execute("SELECT payload FROM events").fetchall()
         assert json.loads(payload)["enrichment"]["metrics"][0] == ["mAP", 0.612345678]
