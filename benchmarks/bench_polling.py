@@ -5,12 +5,15 @@
 
 One run measures, against the Vi API simulator serving a seeded population over loopback:
 
-1. requests, wall time and CPU time per steady-state poll, runwatch's incremental poll
-   (the real `Daemon.poll_cycle`: poll, diff, commit to SQLite) against a naive full
+1. requests (every endpoint: listing, single runs, and the model outputs and training
+   projects enrichment asks for), wall time and CPU time per steady-state poll, runwatch's
+   incremental poll (the real `Daemon.poll_cycle`: poll, diff, enrich, commit to SQLite,
+   with enrichment on as by default) against a naive full
    listing (every page through `ViClient.list_runs`, decoded: what a script looping over
    `client.runs.list()` does, minus any diffing, so the naive figure is a lower bound),
    for 1,000 / 10,000 / 100,000 runs with 20 active runs spread through history, and with
-   the 20 active runs the newest;
+   the 20 active runs the newest; then, at 10,000 runs spread, the poll in which 5 runs
+   succeed (the enrichment requests it adds) and the poll after it;
 2. a full resync of 100,000 runs (wall and CPU) and the throughput of decoding and diffing
    its pages (JSON parse included) in runs per CPU second;
 3. the time from a transition in the simulator to its delivery at a loopback receiver,
@@ -56,7 +59,7 @@ import httpx
 
 from runwatch.config.loading import parse_config
 from runwatch.config.settings import Config
-from runwatch.core.model import RUNNING
+from runwatch.core.model import RUNNING, SUCCEEDED
 from runwatch.core.transitions import Fold  # the poller's own page-by-page diff
 from runwatch.logs import configure_logging
 from runwatch.service.daemon import Daemon
@@ -127,9 +130,16 @@ class _Served:
     def reset(self) -> None:
         self._simulator().reset_counters()
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self) -> dict[str, int]:
         sim = self._simulator()
-        return sim.request_count("list"), sim.request_count("get")
+        return {e: sim.request_count(e) for e in ("list", "get", "outputs", "project")}
+
+    def succeed(self, run_ids: list[str]) -> list[str | None]:
+        """Make these runs succeed; return their training projects."""
+        sim = self._simulator()
+        for run_id in run_ids:
+            sim.append_condition(run_id, SUCCEEDED)
+        return [sim.document(r)["spec"]["trainingProject"] for r in run_ids]
 
     def append(self, run_id: str, condition: str) -> float:
         self._simulator().append_condition(run_id, condition)
@@ -227,7 +237,8 @@ def config_text(pop: Population, state: Path, *, hook: str, **poll: str) -> str:
             f"    endpoint: {pop.url}",
             "poll: {" + ", ".join(f"{k}: {v}" for k, v in poll_items.items()) + "}",
             f"state: {{path: {state}}}",
-            f"channels: {{hook: '{hook}'}}",
+            # One message per change: the latency is measured per message, never a digest.
+            f"channels: {{hook: {{urls: '{hook}', digest: false}}}}",
             "rules:",
             "  - {name: all, match: {}, notify: [hook], title: '{{ run_id }} {{ condition }}'}",
             "delivery: {min_interval: 0s, initial_backoff: 1s}",
@@ -258,9 +269,10 @@ class FakeClock:
 
 @dataclass
 class Sample:
-    requests: int
+    requests: int  # every endpoint
     wall: float
     cpu: float
+    enrich: int = 0  # of `requests`: model outputs and training projects (issue 13)
 
 
 def median(samples: list[Sample]) -> Sample:
@@ -268,7 +280,20 @@ def median(samples: list[Sample]) -> Sample:
         requests=round(statistics.median(s.requests for s in samples)),
         wall=statistics.median(s.wall for s in samples),
         cpu=statistics.median(s.cpu for s in samples),
+        enrich=max(s.enrich for s in samples),  # any enrichment request at all shows
     )
+
+
+@dataclass
+class Finishing:
+    """The poll in which `runs` runs succeed, and the poll after it."""
+
+    runs: int
+    projects: int  # distinct training projects among them
+    outputs: int  # outputs requests of that poll
+    project: int  # project requests of that poll
+    events: int
+    after: Sample  # the next poll
 
 
 @contextlib.contextmanager
@@ -293,6 +318,7 @@ class Comparison:
     resync: Sample | None = None
     decode_diff_rate: float | None = None  # runs per CPU second, JSON parse included
     decode_diff_rate_no_json: float | None = None
+    finishing: Finishing | None = None
 
 
 async def naive_listing(pop: Population, host: Host) -> Sample:
@@ -307,18 +333,40 @@ async def naive_listing(pop: Population, host: Host) -> Sample:
                 runs += len(page.runs)
     wall, cpu = took()
     assert runs == pop.runs, (runs, pop.runs)
-    lists, gets = host.call("counts")
-    return Sample(requests=lists + gets, wall=wall, cpu=cpu)
+    counts = host.call("counts")
+    return Sample(requests=sum(counts.values()), wall=wall, cpu=cpu)
 
 
-async def poll_once(daemon: Daemon, host: Host, kind: str) -> Sample:
+async def poll_once(daemon: Daemon, host: Host, kind: str, events: int = 0) -> Sample:
     host.call("reset")
     with measured() as took:
         [report] = await daemon.poll_cycle()
     wall, cpu = took()
-    assert report.ok and report.kind == kind, report
-    lists, gets = host.call("counts")
-    return Sample(requests=lists + gets, wall=wall, cpu=cpu)
+    assert report.ok and report.kind == kind and report.events == events, report
+    counts = host.call("counts")
+    enrich = counts["outputs"] + counts["project"]
+    return Sample(requests=sum(counts.values()), wall=wall, cpu=cpu, enrich=enrich)
+
+
+async def finishing(daemon: Daemon, host: Host, clock: FakeClock, pop: Population) -> Finishing:
+    """5 runs succeed between two polls: what enrichment asks for, then and after."""
+    finished = pop.active[:5]
+    projects = host.call("succeed", run_ids=finished)
+    clock.now += INTERVAL_S
+    host.call("reset")
+    [report] = await daemon.poll_cycle()
+    assert report.ok and report.events == len(finished), report
+    counts = host.call("counts")
+    clock.now += INTERVAL_S
+    after = await poll_once(daemon, host, "incremental")
+    return Finishing(
+        runs=len(finished),
+        projects=len({p for p in projects if p is not None}),
+        outputs=counts["outputs"],
+        project=counts["project"],
+        events=report.events,
+        after=after,
+    )
 
 
 def decode_diff_rate(pop: Population, daemon: Daemon) -> tuple[float, float]:
@@ -375,6 +423,8 @@ async def compare(host: Host, runs: int, recent: bool, polls: int, resync: bool)
                     naive=naive,
                     baseline=baseline,
                 )
+                if runs == 10_000 and not recent:
+                    result.finishing = await finishing(daemon, host, clock, pop)
                 if resync:
                     clock.now += config.poll.full_resync
                     result.resync = await poll_once(daemon, host, "full")
@@ -600,17 +650,20 @@ def report(
         "### Steady-state poll: runwatch incremental vs a full listing",
         "",
         "Medians over the steady-state polls. runwatch: `Daemon.poll_cycle()` (poll, diff, "
-        "commit). Full listing: every page through `ViClient.list_runs`, decoded, no diff.",
+        "enrich, commit; its requests are those of every endpoint, and of them the model "
+        "outputs and training projects asked for by enrichment, on as by default). Full "
+        "listing: every page through `ViClient.list_runs`, decoded, no diff.",
         "",
-        "| population | runwatch requests | full listing requests | requests ratio "
-        "| runwatch wall ms | full listing wall ms | wall ratio | runwatch CPU ms "
-        "| full listing CPU ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| population | runwatch requests | of them enrichment | full listing requests "
+        "| requests ratio | runwatch wall ms | full listing wall ms | wall ratio "
+        "| runwatch CPU ms | full listing CPU ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in comparisons:
         i, n = c.incremental, c.naive
         lines.append(
-            f"| {c.label} | {i.requests} | {n.requests} | {ratio(n.requests, i.requests)} "
+            f"| {c.label} | {i.requests} | {i.enrich} | {n.requests} "
+            f"| {ratio(n.requests, i.requests)} "
             f"| {i.wall * 1000:.1f} | {n.wall * 1000:.0f} | {ratio(n.wall, i.wall)} "
             f"| {i.cpu * 1000:.1f} | {n.cpu * 1000:.0f} |"
         )
@@ -634,6 +687,22 @@ def report(
                 f"| {c.label} | full resync | {c.resync.requests} | {c.resync.wall:.2f} "
                 f"| {c.resync.cpu:.2f} | {rate:,.0f} | {rate_nj:,.0f} |"
             )
+    for c in comparisons:
+        f = c.finishing
+        if f is None:
+            continue
+        lines += [
+            "",
+            "### Enrichment when runs finish",
+            "",
+            f"On {c.label}: {f.runs} runs succeed between two polls ({f.projects} distinct "
+            f"training projects among them). That poll reports {f.events} events and asks for "
+            f"{f.outputs} model outputs and {f.project} training projects on top of its "
+            f"listing; the poll after it makes {f.after.requests} requests, "
+            f"{f.after.enrich} of them for enrichment (the steady state made "
+            f"{c.incremental.requests}; {f.runs} runs fewer to refresh now that they are "
+            "finished).",
+        ]
     beyond = latency.beyond()
     lines += [
         "",
@@ -718,7 +787,39 @@ def targets(comparisons: list[Comparison], latency: Latency, memory: Memory) -> 
     )
     lines = ["## Targets (issue 5)", "", "| target | measured | met |", "| --- | --- | --- |"]
     lines += [f"| {what} | {got} | {'yes' if ok else '**no**'} |" for what, got, ok in rows]
+    lines += ["", *enrichment_targets(comparisons)]
     return [*lines, ""]
+
+
+def enrichment_targets(comparisons: list[Comparison]) -> list[str]:
+    """Issue 13: enrichment costs nothing while nothing finishes, and little when runs do."""
+    quiet = all(c.incremental.enrich == 0 for c in comparisons)
+    spread = next(c for c in comparisons if c.runs == 10_000 and not c.recent)
+    rows = [
+        (
+            "steady state, nothing finishing: the request count is unchanged "
+            "(no model-output or project request)",
+            f"{spread.incremental.requests} requests a poll on {spread.label}, "
+            f"{spread.incremental.enrich} for enrichment; "
+            + ", ".join(f"{c.incremental.enrich}" for c in comparisons)
+            + " on every population",
+            quiet,
+        )
+    ]
+    f = spread.finishing
+    if f is not None:
+        rows.append(
+            (
+                "runs reaching Succeeded: at most one outputs request each and one project "
+                "request per project; nothing the poll after",
+                f"{f.runs} runs: {f.outputs} outputs + {f.project} project requests "
+                f"({f.projects} projects); the next poll {f.after.enrich}",
+                f.outputs <= f.runs and f.project <= f.projects and f.after.enrich == 0,
+            )
+        )
+    lines = ["## Targets (issue 13)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {got} | {'yes' if ok else '**no**'} |" for what, got, ok in rows]
+    return lines
 
 
 async def main_async(args: argparse.Namespace) -> str:

@@ -22,7 +22,8 @@ def notifications(text: str) -> list[tuple[str, str]]:
 
 
 async def test_it_plays_the_story_to_the_console_and_ends_by_itself() -> None:
-    """Success, failure with its reason, a new run and a cancellation each arrive once."""
+    """Success, failure with its reason, a new run and a cancellation each arrive once, named
+    by their training project; a success shows the latest model's epoch and metrics."""
     out = io.StringIO()
     started = time.monotonic()
     status = await asyncio.wait_for(demo.play(out=out, speed=4.0), timeout=30)
@@ -38,20 +39,27 @@ async def test_it_plays_the_story_to_the_console_and_ends_by_itself() -> None:
     # Runs changing between the same two polls may arrive in either order; one run's may not.
     assert sorted(short) == sorted(
         [
-            "✅ segformer-b2 succeeded",
-            "❌ convnext-classifier failed",
-            "⏳ yolo-detector pending",
-            "🏃 yolo-detector running",
-            "🚫 qwen-vl-finetune cancelled",
-            "✅ yolo-detector succeeded",
+            "✅ Defect inspection succeeded",
+            "❌ Retail shelves failed",
+            "⏳ Traffic cams pending",
+            "🏃 Traffic cams running",
+            "🚫 Aerial survey cancelled",
+            "✅ Traffic cams succeeded",
         ]
     )
-    assert [t for t in short if "yolo-detector" in t] == [
-        "⏳ yolo-detector pending",
-        "🏃 yolo-detector running",
-        "✅ yolo-detector succeeded",
+    assert [t for t in short if "Traffic cams" in t] == [
+        "⏳ Traffic cams pending",
+        "🏃 Traffic cams running",
+        "✅ Traffic cams succeeded",
     ]
     bodies = dict(notifications(text))
+    # segformer-b2 (semantic segmentation) and yolo-detector (object detection) saved
+    # checkpoints on the way: each success shows the latest one's epoch and metrics.
+    [segmentation] = [b for t, b in bodies.items() if "Defect inspection succeeded" in t]
+    metrics = r"Running → Succeeded · epoch \d+ · mIoU 0\.\d+ · pixel_accuracy 0\.\d+"
+    assert re.match(metrics, segmentation), segmentation
+    [detection] = [b for t, b in bodies.items() if "Traffic cams succeeded" in t]
+    assert re.match(r"Running → Succeeded · epoch \d+ · mAP 0\.\d+ · mAP50 0\.\d+", detection)
     [failed] = [b for t, b in bodies.items() if "failed" in t]
     assert failed.startswith("Running → Failed (FailedReach) · OutOfMemory: CUDA out of memory")
     assert "while allocating 2.1 GiB at epoch 14" in failed

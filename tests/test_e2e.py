@@ -144,12 +144,14 @@ async def test_it_notifies_a_run_that_first_appears_already_failed(
                 reason="QuotaExceeded",
                 message="GPU quota exhausted",
                 flow="rtdetr-large",
+                training_project="proj_retail-shelves",
             )
             assert await cycle(daemon, clock) == 1
             assert await cycle(daemon, clock) == 0
             await daemon.aclose()
     [msg] = receiver.received
-    assert run_named(msg) == run_id and "rtdetr-large failed" in msg["title"]
+    # The title names the run by its training project's display name (enrichment).
+    assert run_named(msg) == run_id and "Retail shelves failed" in msg["title"]
     assert msg["type"] == "failure"
     for text in ("New run · **Failed**", "QuotaExceeded", "GPU quota exhausted"):
         assert text in msg["message"]

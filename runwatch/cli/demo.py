@@ -31,6 +31,7 @@ workspaces:
     organization_id: {org}
     secret_key: {key}
     endpoint: {url}
+    enrich: {{metrics: [Succeeded], project_names: true}}   # the defaults, shown
 poll: {{interval: {interval}s, page_size: 5, request_timeout: 5s, full_resync: 1m}}
 state: {{path: {state}}}
 channels:
@@ -50,17 +51,27 @@ def _story(sim: Simulator) -> list[Step]:
     """(seconds after the baseline, what happens, action): the demo's script.
 
     Its runs are created just before the baseline, so they are part of history, and their
-    durations read like real training runs rather than the seeded population's age.
+    durations read like real training runs rather than the seeded population's age. Each is
+    in a training project of its own (the new run's is one the simulator names after its
+    id), and those that succeed save checkpoints on the way (the simulator's plan for their
+    flow): messages name the project, and a success shows the latest model's metrics.
     """
     started = [
-        sim.create_run(condition="Running", flow=flow)
-        for flow in ("segformer-b2", "convnext-classifier", "qwen-vl-finetune")
+        sim.create_run(condition="Running", flow=flow, training_project=project)
+        for flow, project in (
+            ("segformer-b2", "proj_defect-inspection"),
+            ("convnext-classifier", "proj_retail-shelves"),
+            ("qwen-vl-finetune", "proj_aerial-survey"),
+        )
     ]
     ok, failing, cancelled = started
     created: list[str] = []
 
     def new_run() -> None:
-        created.append(sim.create_run(condition="Pending", flow="yolo-detector"))
+        run_id = sim.create_run(
+            condition="Pending", flow="yolo-detector", training_project="proj_traffic-cams"
+        )
+        created.append(run_id)
 
     return [
         (2, "a run succeeds", lambda: sim.append_condition(ok, "Succeeded")),

@@ -74,7 +74,7 @@ class EnrichConfig:
     metrics: Annotated[tuple[str, ...], _GLOB, EMPTY_OK] = (SUCCEEDED,)
     #: look up the training project's name for messages
     project_names: bool = True
-    #: bound on the extra requests made for one event
+    #: bound on all the extra requests of one poll; a message never waits longer for them
     timeout: Annotated[float, Duration()] = 5.0
     #: metrics shown in one message
     max_metrics: Annotated[int, Range(1, 100)] = 6

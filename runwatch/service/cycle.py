@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import gc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -47,6 +47,7 @@ from runwatch.service.metrics import Metrics
 from runwatch.service.status import PollReport, iso
 from runwatch.state.store import PollCommit, StateStore, WorkspaceMeta
 from runwatch.vi.client import ViClient
+from runwatch.vi.enrich import enrichers
 from runwatch.vi.poller import PollOutcome, PollPlan, poll_workspace
 from runwatch.vi.retry import RetryPolicy
 
@@ -94,6 +95,8 @@ class PollCycle:
         self.destinations = destinations(config.channels)
         old = list(self.clients.values())
         self.clients = {ws.name: self._client(ws) for ws in config.workspaces}
+        carry = getattr(self, "enrichers", {})
+        self.enrichers = enrichers(config, self.clients, clock=self._clock, carry=carry)
         return old
 
     async def aclose(self) -> None:
@@ -175,6 +178,9 @@ class PollCycle:
                 flush=self._baseline_part(known, org) if commit else _discard,
             )
             outcome = self.time_rules(ws, known, outcome, now_ms)
+            # Between observe and compose: the fetched fields are rendered, then committed.
+            events = await self.enrichers[ws.name].enrich(outcome.diff.events, now_ms=now_ms)
+            outcome = replace(outcome, diff=replace(outcome.diff, events=tuple(events)))
             # Mutes are read at every poll: `runwatch mute` takes effect at the next one.
             mutes = self._store.mutes.active(now_ms)
             items = apply_mutes(self.compose(outcome), outcome.diff.events, mutes, now_ms)

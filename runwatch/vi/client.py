@@ -1,4 +1,5 @@
-"""The Vi Runs API over HTTP: list pages of runs, get one run.
+"""The Vi Runs API over HTTP: list pages of runs, get one run; a run's latest model output
+and a training project, for messages (`runwatch.vi.enrich`).
 
 Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`), and
 each call goes through the `RetryPolicy`, which retries only what is not `.permanent`:
@@ -26,6 +27,8 @@ proxy echoes the request back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -48,9 +51,20 @@ from runwatch.errors import (
 )
 from runwatch.redaction import Redactor, cut
 from runwatch.vi.decode import Page, decode_page, decode_run, safe_json
+from runwatch.vi.decode_more import (
+    ModelOutput,
+    OutputsPage,
+    TrainingProject,
+    decode_outputs_page,
+    decode_training_project,
+    usable_id,
+)
 from runwatch.vi.retry import RetryPolicy, parse_retry_after
 
-Endpoint = Literal["list", "get"]
+Endpoint = Literal["list", "get", "outputs", "project"]
+OUTPUTS_INTENT = "sdkLocalDeploy"  # sent on every outputs call, as the SDK does
+OUTPUTS_PAGE_SIZE = 1000  # the most the SDK allows: one page holds a run's checkpoints
+MAX_OUTPUT_PAGES = 100
 
 # httpx's timeouts bound each socket operation, so a server that drips one byte at a time
 # never trips them; the whole attempt is bounded too, at this multiple of the timeout.
@@ -113,6 +127,9 @@ class ViClient:
         self._pace = _Pace(max_requests_per_second) if max_requests_per_second else None
         base = endpoint.rstrip("/")
         self._runs_url = f"{base}/workspaces/{quote(organization_id, safe='')}/runs"
+        self._projects_url = (
+            f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
+        )
         ssl_verify: bool | ssl.SSLContext = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
@@ -206,8 +223,10 @@ class ViClient:
         headers = {"If-None-Match": _entity_tag(etag)} if etag else {}
         what = f"getting run {run_id} of organization {self.organization_id}"
 
+        missing = f"run {run_id} does not exist in organization {self.organization_id}"
+
         async def attempt() -> Run | None:
-            body = await self._fetch("get", url, {}, headers, what=what, run_id=run_id)
+            body = await self._fetch("get", url, {}, headers, what=what, missing=missing)
             if body is None:
                 return None
             run = decode_run(body, organization_id=self.organization_id)
@@ -219,6 +238,87 @@ class ViClient:
 
         return await self._retry.call(attempt, what=f"get {self.organization_id}/{run_id}")
 
+    async def latest_output(
+        self, run_id: str, *, within: float | None = None, page_size: int = OUTPUTS_PAGE_SIZE
+    ) -> ModelOutput | None:
+        """The run's latest model output, None when it has saved none.
+
+        The listing is ordered by checkpoint, latest last, so that is the last item of the
+        last page: one request unless the run has more checkpoints than a page holds. The
+        query is `?intent=sdkLocalDeploy&p=<token>&s=<size>`, one `?` (the SDK's own
+        `?intent=sdkLocalDeploy?s=10` is a bug: the page parameters vanish into `intent`).
+        `within` caps the seconds each page's retries may take (see `_budgeted`). A
+        repeated page token or more than MAX_OUTPUT_PAGES pages is a ViBadResponseError.
+        """
+        if not usable_id(run_id):
+            raise ValueError(f"run_id {run_id[:80]!r} is not a Vi run id")
+        url = f"{self._runs_url}/{quote(run_id, safe='')}/outputs"
+        org = self.organization_id
+        what = f"listing the model outputs of run {run_id} of organization {org}"
+        retry = self._budgeted(within)
+        latest: ModelOutput | None = None
+        token: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_OUTPUT_PAGES):
+            params = {"intent": OUTPUTS_INTENT}
+            if token is not None:
+                params["p"] = token
+            params["s"] = str(page_size)
+            fetch = functools.partial(self._outputs_page, url, params, run_id, what)
+            page = await retry.call(fetch, what=f"outputs {org}/{run_id}")
+            latest = page.latest or latest  # an empty last page leaves the one before
+            if page.next_page is None:
+                return latest
+            if page.next_page in seen:
+                raise ViBadResponseError(
+                    f"the Vi API handed back page token {page.next_page[:60]!r} a second time "
+                    f"while {what}"
+                )
+            seen.add(page.next_page)
+            token = page.next_page
+        raise ViBadResponseError(f"{what}: more than {MAX_OUTPUT_PAGES} pages")
+
+    async def _outputs_page(
+        self, url: str, params: dict[str, str], run_id: str, what: str
+    ) -> OutputsPage:
+        missing = f"run {run_id} does not exist in organization {self.organization_id}"
+        body = await self._fetch("outputs", url, params, {}, what=what, missing=missing)
+        return decode_outputs_page(
+            body, organization_id=self.organization_id, run_id=run_id, mask=self._redact
+        )
+
+    async def training_project(
+        self, project_id: str, *, etag: str | None = None, within: float | None = None
+    ) -> TrainingProject | None:
+        """One training project; None when `etag` is given and it has not changed (304).
+        `within` caps the seconds its retries may take (see `_budgeted`)."""
+        if not usable_id(project_id):
+            raise ValueError(f"project_id {project_id[:80]!r} is not a Vi training project id")
+        org = self.organization_id
+        url = f"{self._projects_url}/{quote(project_id, safe='')}"
+        headers = {"If-None-Match": _entity_tag(etag)} if etag else {}
+        what = f"getting training project {project_id} of organization {org}"
+        missing = f"training project {project_id} does not exist in organization {org}"
+
+        async def attempt() -> TrainingProject | None:
+            body = await self._fetch("project", url, {}, headers, what=what, missing=missing)
+            if body is None:
+                return None
+            return decode_training_project(
+                body, organization_id=org, project_id=project_id, mask=self._redact
+            )
+
+        return await self._budgeted(within).call(attempt, what=f"project {org}/{project_id}")
+
+    def _budgeted(self, within: float | None) -> RetryPolicy:
+        """The retry policy, giving up before a wait would take a call past `within` seconds
+        (a caller with a deadline of its own: a Retry-After beyond it fails the call at once
+        instead of sleeping through the deadline)."""
+        if within is None:
+            return self._retry
+        budget = max(0.0, min(within, self._retry.max_retry_time))
+        return dataclasses.replace(self._retry, max_retry_time=budget)
+
     # --- one HTTP attempt ------------------------------------------------------------------
 
     async def _fetch(
@@ -229,9 +329,10 @@ class ViClient:
         headers: dict[str, str],
         *,
         what: str,
-        run_id: str | None = None,
+        missing: str | None = None,
     ) -> object:
-        """GET once and return the parsed JSON body (None for a 304), or raise a ViError."""
+        """GET once and return the parsed JSON body (None for a 304), or raise a ViError.
+        `missing` says what a 404 means ("run X does not exist in organization Y")."""
         if self._pace is not None:
             wait = self._pace.reserve(time.monotonic())
             if wait > 0:
@@ -245,6 +346,9 @@ class ViClient:
                 self._timeout * _ATTEMPT_DEADLINE_FACTOR,
             )
             outcome = str(response.status_code)
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # a caller's deadline (enrichment's), not the API's fault
+            raise
         except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
             outcome = "timeout"
             limit = self._timeout
@@ -293,9 +397,9 @@ class ViClient:
                     status_code=status,
                     trace_id=_trace_id(response),
                 ) from exc
-        if status == 304 and kind == "get" and "If-None-Match" in headers:
+        if status == 304 and "If-None-Match" in headers:
             return None
-        raise self._status_error(response, body, what=what, run_id=run_id)
+        raise self._status_error(response, body, what=what, missing=missing)
 
     async def _get(
         self, url: str, params: dict[str, str], headers: dict[str, str], *, what: str
@@ -323,7 +427,7 @@ class ViClient:
         return error
 
     def _status_error(
-        self, response: httpx.Response, body: bytes, *, what: str, run_id: str | None
+        self, response: httpx.Response, body: bytes, *, what: str, missing: str | None
     ) -> ViError:
         status = response.status_code
         org = self.organization_id
@@ -338,8 +442,8 @@ class ViClient:
                 **kw,
             )
         if status == 404:
-            if run_id is not None:
-                message = f"run {run_id} does not exist in organization {org} (404){detail}"
+            if missing is not None:
+                message = f"{missing} (404){detail}"
             else:
                 message = (
                     f"the Vi API at {self.endpoint} does not know organization {org} (404); "
