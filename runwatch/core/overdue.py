@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from runwatch.core.model import Event, RunState
 from runwatch.core.rules import Rule, matches
 from runwatch.core.run_index import is_unfinished
-from runwatch.core.transitions import FOR_MARK, STALL_MARK, Diff
+from runwatch.core.transitions import FOR_MARK, STALL_MARK, Diff, event_of_state
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,19 +148,4 @@ def with_overdue(
 
 
 def _event(state: RunState, workspace: str, now_ms: int) -> Event:
-    return Event(
-        kind="overdue",
-        workspace=workspace,
-        organization_id=state.organization_id,
-        run_id=state.run_id,
-        previous=None,
-        current=state.latest,
-        flow_name=state.flow_name,
-        training_project=state.training_project,
-        attributes=state.attributes,
-        time_created=state.time_created,
-        killed_at=state.killed_at,
-        log=state.log,
-        generation=state.generation,
-        detected_at=now_ms,
-    )
+    return event_of_state(state, "overdue", workspace=workspace, now_ms=now_ms)

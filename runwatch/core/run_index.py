@@ -203,22 +203,24 @@ class RunIndex:
 
 
 class Overlay(Mapping[str, RunState]):
-    """The known runs as this poll has changed them so far, over a base of whole states."""
+    """The known runs as one poll sees them: what it changed so far, then the whole states it
+    was supplied (finished runs it needs), then the index's unfinished runs."""
 
-    __slots__ = ("_base", "changes")
+    __slots__ = ("_index", "changes", "supplied")
 
-    def __init__(self, base: Mapping[str, RunState]) -> None:
+    def __init__(self, index: RunIndex) -> None:
         self.changes: dict[str, RunState] = {}
-        self._base = base
+        self.supplied: dict[str, RunState] = {}
+        self._index = index
 
     @overload
     def get(self, run_id: str, /) -> RunState | None: ...
     @overload
     def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
     def get(self, run_id: str, /, default: object = None) -> object:
-        # The hot path of every diff: two C-level lookups, no exception for a miss.
-        state = self.changes.get(run_id)
-        return state if state is not None else self._base.get(run_id, default)
+        # The hot path of every diff: C-level lookups, no exception for a miss.
+        state = self.changes.get(run_id) or self.supplied.get(run_id)
+        return state if state is not None else self._index.get(run_id, default)
 
     def __getitem__(self, run_id: str) -> RunState:
         state = self.get(run_id)
@@ -228,7 +230,7 @@ class Overlay(Mapping[str, RunState]):
 
     def __iter__(self) -> Iterator[str]:
         yield from self.changes
-        yield from (run_id for run_id in self._base if run_id not in self.changes)
+        yield from (run_id for run_id in self._index if run_id not in self.changes)
 
     def __len__(self) -> int:
-        return len(self._base) + sum(1 for run_id in self.changes if run_id not in self._base)
+        return len(self._index) + sum(1 for run_id in self.changes if run_id not in self._index)

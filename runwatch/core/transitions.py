@@ -76,10 +76,10 @@ clock, passed in as `now_ms`: this module reads no clock and does no I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, TypeVar, overload
+from typing import Literal, TypeVar
 
 from runwatch.core.model import TERMINAL_CONDITIONS, Condition, Event, EventKind, Run, RunState
 from runwatch.core.run_index import Overlay, RunIndex, run_fingerprint
@@ -230,13 +230,20 @@ def detect_transitions(
 
 def deletion_event(state: RunState, *, workspace: str, now_ms: int) -> Event:
     """The event of a run confirmed deleted: its last known condition as `previous`."""
+    return event_of_state(state, "deleted", workspace=workspace, now_ms=now_ms)
+
+
+def event_of_state(state: RunState, kind: EventKind, *, workspace: str, now_ms: int) -> Event:
+    """An event about a remembered run, not an observation: a deletion (the last condition
+    known as `previous`) or an overdue notice (the condition it holds as `current`)."""
+    deleted = kind == "deleted"
     return Event(
-        kind="deleted",
+        kind=kind,
         workspace=workspace,
         organization_id=state.organization_id,
         run_id=state.run_id,
-        previous=state.latest,
-        current=None,
+        previous=state.latest if deleted else None,
+        current=None if deleted else state.latest,
         flow_name=state.flow_name,
         training_project=state.training_project,
         attributes=state.attributes,
@@ -260,8 +267,8 @@ class Fold:
         self, index: RunIndex, *, workspace: str, baseline: bool, now_ms: int
     ) -> None:
         self.index = index
-        self.loaded: dict[str, RunState] = {}  # finished runs' stored states, as supplied
-        self.view = Overlay(_Known(index, self.loaded))
+        self.view = Overlay(index)
+        self.loaded = self.view.supplied  # finished runs' stored states, as supplied
         self.tombstones = index.tombstones
         self.workspace = workspace
         self.baseline = baseline
@@ -346,36 +353,6 @@ class Fold:
             and run.run_id not in self.view.changes
             and run_fingerprint(run) != fp
         )
-
-
-class _Known(Mapping[str, RunState]):
-    """The whole states a diff can see: unfinished runs from the index, finished ones supplied."""
-
-    __slots__ = ("_index", "_loaded")
-
-    def __init__(self, index: RunIndex, loaded: Mapping[str, RunState]) -> None:
-        self._index = index
-        self._loaded = loaded
-
-    @overload
-    def get(self, run_id: str, /) -> RunState | None: ...
-    @overload
-    def get(self, run_id: str, /, default: RunState | _T) -> RunState | _T: ...
-    def get(self, run_id: str, /, default: object = None) -> object:
-        state = self._loaded.get(run_id)
-        return state if state is not None else self._index.get(run_id, default)
-
-    def __getitem__(self, run_id: str) -> RunState:
-        state = self.get(run_id)
-        if state is None:
-            raise KeyError(run_id)
-        return state
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
 
 
 def _changed(latest: Condition, previous: Condition | None, history: tuple[Condition, ...]) -> bool:
