@@ -45,6 +45,7 @@ from runwatch.config.settings import DeliveryConfig
 from runwatch.core.digest import compose_digest
 from runwatch.core.model import Event
 from runwatch.delivery import quiet_hours
+from runwatch.delivery.due import due_rows, heads, max_age_start
 from runwatch.delivery.lanes import ChannelPolicy
 from runwatch.delivery.senders import Outgoing, Sender, SendOutcome
 from runwatch.errors import StoreError
@@ -134,7 +135,7 @@ class Deliverer:
         policy = self._policy(lane[0])
         now_ms = self.now_ms()
         rows = self._expire(self._store.outbox.pending(lane, limit=BATCH), policy, now_ms)
-        due = _due(rows, policy, now_ms)
+        due = due_rows(rows, policy, now_ms)
         if not due:
             return 0
         quiet = policy.quiet_hours
@@ -272,7 +273,7 @@ class Deliverer:
     def _retry(self, rows: list[OutboxRow], now_ms: int, outcome: SendOutcome) -> None:
         max_age_ms = self._config.max_age * 1000
         policy = self._policy(rows[0].channel)
-        expired = [r for r in rows if now_ms - _start(r, policy, now_ms) > max_age_ms]
+        expired = [r for r in rows if now_ms - max_age_start(r, policy, now_ms) > max_age_ms]
         if expired:
             self._give_up(expired, now_ms, outcome.detail, state="dead", attempted=True)
         alive = [r for r in rows if r not in expired]
@@ -349,7 +350,7 @@ class Deliverer:
             r
             for r in rows
             if not quiet_hours.holds(policy.quiet_hours, r.condition, now_ms)
-            and now_ms - _start(r, policy, now_ms) > max_age_ms
+            and now_ms - max_age_start(r, policy, now_ms) > max_age_ms
             and r.next_attempt_at <= now_ms
         ]
         if expired:
@@ -406,7 +407,7 @@ class Deliverer:
                 continue
             policy = self._policy(lane[0])
             rows = self._store.outbox.pending(lane, limit=BATCH)
-            for row, held in _heads(rows, policy, now_ms):
+            for row, held in heads(rows, policy, now_ms):
                 at = max(row.next_attempt_at, self._wait_until.get(lane, 0))
                 if held:
                     assert policy.quiet_hours is not None
@@ -464,44 +465,3 @@ class Deliverer:
                 continue
             timeout = MAX_IDLE if delay is None else min(delay, MAX_IDLE)
             await self._clock.wait_any(stop, wake, timeout=timeout)
-
-
-def _start(row: OutboxRow, policy: ChannelPolicy, now_ms: int) -> int:
-    """When a row's max_age starts: its creation, or the end of the last quiet window since."""
-    released = quiet_hours.last_end(policy.quiet_hours, row.created_at, now_ms)
-    return row.created_at if released is None else max(row.created_at, released)
-
-
-def _heads(
-    rows: Sequence[OutboxRow], policy: ChannelPolicy, now_ms: int
-) -> list[tuple[OutboxRow, bool]]:
-    """The rows that may go next, each with whether quiet hours hold it: of each run, its
-    held rows and its first row that is not held (which holds back the rest), in order."""
-    blocked: set[str] = set()
-    heads = []
-    for row in rows:
-        if row.run_key in blocked:
-            continue
-        held = quiet_hours.holds(policy.quiet_hours, row.condition, now_ms)
-        if not held:
-            blocked.add(row.run_key)
-        heads.append((row, held))
-    return heads
-
-
-def _due(rows: Sequence[OutboxRow], policy: ChannelPolicy, now_ms: int) -> list[OutboxRow]:
-    """The rows that may go now, in order: each run's rows from its oldest, while each is due;
-    a run whose row waits for its retry holds back its later rows, a row held by quiet hours
-    none (it is not failing: an excepted message behind it goes at once)."""
-    blocked: set[str] = set()
-    due: list[OutboxRow] = []
-    for row in rows:
-        if row.run_key in blocked:
-            continue
-        if row.next_attempt_at > now_ms:
-            blocked.add(row.run_key)
-            continue
-        if quiet_hours.holds(policy.quiet_hours, row.condition, now_ms):
-            continue
-        due.append(row)
-    return due
