@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import resource
@@ -190,6 +191,34 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
         timeout=timeout,
     )
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+_invoke_lock = threading.Lock()
+
+
+def invoke(*args: str, env: Mapping[str, str] | None = None) -> Outcome:
+    """`runwatch ARGS` run to completion in this process: the real parser, commands and
+    logging, with stdout and stderr captured and the environment replaced by `env` (default
+    `cli_env()`) for the call. A subprocess costs ~0.5 s of start-up; tests of what a command
+    prints and changes call this, tests of the process itself (signals, exit on a bad
+    environment) keep `run_cli`. Not for `run`: it installs signal handlers."""
+    from runwatch.cli.main import main
+    from runwatch.logs import reset_logging
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, wanted = dict(os.environ), cli_env() if env is None else dict(env)
+    with _invoke_lock, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.environ.clear()
+        os.environ.update(wanted)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's refusals and --help
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            reset_logging()
+    return Outcome(code, out.getvalue(), err.getvalue())
 
 
 class DaemonProcess:

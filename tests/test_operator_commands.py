@@ -1,20 +1,18 @@
-"""The operator's commands (status, runs, outbox, retry, drop, mute, mutes, unmute) as
-subprocesses, against the state file of a running `runwatch run` daemon, against no state file
-at all, and without the configuration's secrets."""
+"""The operator's commands (status, runs, outbox, retry, drop, mute, mutes, unmute) through
+the real entry point, against the state file of a running `runwatch run` daemon, against no
+state file at all, and without the configuration's secrets."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from harness import DaemonProcess, Outcome, cli_env, run_cli, wait_until, write_config
+from harness import DaemonProcess, Outcome, invoke, wait_until, write_config
 from receiver import Receiver
 
 from runwatch.cli.state_access import operator
@@ -30,9 +28,10 @@ def sim() -> Iterator[Simulator]:
 
 
 def runwatch(config: Path, *args: str) -> Outcome:
-    """`runwatch COMMAND -c CONFIG ARGS...` run to completion."""
+    """`runwatch COMMAND -c CONFIG ARGS...` run to completion (in this process: the daemon
+    under test is a subprocess, the operator's commands need not be)."""
     command, *rest = args
-    return run_cli(command, "-c", str(config), *rest, "--log-format", "json")
+    return invoke(command, "-c", str(config), *rest, "--log-format", "json")
 
 
 def polls(daemon: DaemonProcess, more: int) -> None:
@@ -193,52 +192,24 @@ REFUSED = [
     (["outbox", "drop"], "give the ids of the messages to drop"),
 ]
 
-# The real entry point once per case, in ONE interpreter (a start-up per case costs ~1 s).
-EACH = """
-import contextlib, io, json, sys
-from runwatch.cli.main import main
-
-results = []
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = main(args)
-        except SystemExit as exit:
-            code = exit.code
-    results.append({"code": code, "stderr": err.getvalue()})
-json.dump(results, sys.__stdout__)
-"""
-
-
 @pytest.fixture(scope="module")
-def refusals(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
     """What each REFUSED command answered, against a state file that exists."""
     tmp = tmp_path_factory.mktemp("refusals")
     with Simulator(runs=2, active=0) as sim:
         cfg = write_config(tmp, sim, channels={"hook": "json://127.0.0.1:9/hook"})
         assert runwatch(cfg, "once").code == 0
-    argv = [[command, "-c", str(cfg), *rest] for command, *rest in (a for a, _ in REFUSED)]
-    proc = subprocess.run(
-        [sys.executable, "-c", EACH, json.dumps(argv)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    results: list[dict[str, object]] = json.loads(proc.stdout)
-    return results
+    return [runwatch(cfg, *args) for args, _ in REFUSED]
 
 
 @pytest.mark.parametrize(("case", "message"), enumerate(m for _, m in REFUSED))
 def test_it_refuses_incomplete_or_wrong_commands_with_status_2(
-    refusals: list[dict[str, object]], case: int, message: str
+    refusals: list[Outcome], case: int, message: str
 ) -> None:
     """A mute of nothing, without an end, for too long or on an unknown name is refused, and
     so is an unmute, retry or drop that names nothing."""
-    assert refusals[case]["code"] == 2, refusals[case]
-    assert message in str(refusals[case]["stderr"])
+    assert refusals[case].code == 2, refusals[case]
+    assert message in refusals[case].stderr
 
 
 def test_it_names_the_operator_even_without_a_passwd_entry() -> None:

@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # sys.stdout is passed at call time: the commands' `out=sys.stdout` defaults were bound
+    # when they were imported, and whoever calls main() may have replaced it since.
     if args.command == "simulate":
         from runwatch.simulator.cli import main as simulate
 
@@ -213,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = daemon_commands.load(config_path)
         if args.command == "run":
             return daemon_commands.run(config, config_path)
-        return daemon_commands.once(config, dry_run=args.dry_run)
+        return daemon_commands.once(config, dry_run=args.dry_run, out=sys.stdout)
     if args.command in _STATE_COMMANDS or args.command == "runs":
         import importlib
 
@@ -223,17 +225,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "runs":
             from runwatch.cli.inspect_commands import runs
 
-            return runs(config, active=args.active, condition=args.condition, limit=args.limit)
+            return runs(
+                config,
+                active=args.active,
+                condition=args.condition,
+                limit=args.limit,
+                out=sys.stdout,
+            )
         module = importlib.import_module(f"runwatch.cli.{_STATE_COMMANDS[args.command]}")
-        status: int = module.main(args, config)
+        status: int = module.main(args, config, out=sys.stdout)
         return status
     from runwatch.cli import inspect_commands
 
     config = inspect_commands.load(config_path)
     if args.command == "check":
-        return inspect_commands.check(config)
+        return inspect_commands.check(config, out=sys.stdout)
     if args.command == "notify-test":
-        return inspect_commands.notify_test(config, args.channels)
+        return inspect_commands.notify_test(config, args.channels, out=sys.stdout)
     raise AssertionError(args.command)
 
 

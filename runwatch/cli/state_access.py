@@ -46,12 +46,12 @@ def read(config: Config, out: TextIO = sys.stdout) -> SqliteStore | None:
     return store
 
 
-def write(config: Config, err: TextIO = sys.stderr) -> SqliteStore | None:
+def write(config: Config, err: TextIO | None = None) -> SqliteStore | None:
     """The state for the operator's short writes, or None after saying none was found."""
     path = config.state.sqlite_path()
     store = SqliteStore.open_existing(path)
     if store is None:
-        print(f"runwatch: {no_state(config, path)}; nothing was changed", file=err)
+        print(f"runwatch: {no_state(config, path)}; nothing was changed", file=err or sys.stderr)
     return store
 
 
