@@ -1,4 +1,5 @@
-"""The `runwatch` command line, run as real subprocesses against the simulator and a receiver."""
+"""The `runwatch` command line against the simulator and a receiver: its process (exit statuses,
+stderr, signals) as real subprocesses, what its commands do through the same entry point."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from harness import Outcome, cli_env, run_cli, write_config
+from harness import Outcome, cli_env, invoke, run_cli, write_config
 from receiver import Receiver
 
 from runwatch import __version__
@@ -29,6 +30,12 @@ HEADER_TOKEN = "Bearer-hdr-7f3a9c21"
 def runwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Outcome:
     """Run `python -m runwatch ARGS` to completion; RUNWATCH_CONFIG is unset unless in `env`."""
     return run_cli(*args, env=cli_env(env), timeout=timeout)
+
+
+def here(*args: str, env: dict[str, str] | None = None) -> Outcome:
+    """The same in this process, for what a command does rather than how its process
+    behaves (exit statuses, tracebacks and stderr framing are tried on subprocesses above)."""
+    return invoke(*args, env=cli_env(env))
 
 
 def logged(stderr: str) -> list[dict[str, Any]]:
@@ -126,14 +133,14 @@ def test_it_records_a_silent_baseline_then_delivers_on_the_next_once(
     run_id = sim.create_run(condition="Running", flow="convnext-classifier")
     cfg = write_config(tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")})
 
-    first = runwatch("once", "-c", str(cfg), "--log-format", "json")
+    first = here("once", "-c", str(cfg), "--log-format", "json")
     assert first.code == 0, first.stderr
     assert "prod: baseline poll ok; 0 event(s)" in first.stdout
     [baseline] = [e for e in json_only(first.stderr) if e["event"] == "baseline.recorded"]
     assert baseline["runs"] == 26 and baseline["notified"] == 0
 
     sim.append_condition(run_id, "Error", reason="WorkerLost", message="node stopped answering")
-    second = runwatch("once", "-c", str(cfg), "--log-format", "json")
+    second = here("once", "-c", str(cfg), "--log-format", "json")
     assert second.code == 0, second.stderr
     assert "1 event(s)" in second.stdout and "delivered 1; 0 pending" in second.stdout
     [msg] = receiver.wait_for(1)
@@ -147,11 +154,11 @@ def test_it_prints_what_a_dry_run_would_send_and_changes_nothing(
     """`once --dry-run` shows the message, sends nothing, leaves the state for the real `once`."""
     run_id = sim.create_run(condition="Running")
     cfg = write_config(tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")})
-    assert runwatch("once", "-c", str(cfg), "--log-format", "json").code == 0
+    assert here("once", "-c", str(cfg), "--log-format", "json").code == 0
     sim.append_condition(run_id, "Failed", reason="TrainingDiverged", message="Loss became NaN")
     before = snapshot(tmp_path / "state.db")
 
-    dry = runwatch("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
+    dry = here("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
     assert dry.code == 0, dry.stderr
     assert "1 message(s) would be sent" in dry.stdout
     assert "--> hook [failure] " in dry.stdout
@@ -160,7 +167,7 @@ def test_it_prints_what_a_dry_run_would_send_and_changes_nothing(
     assert snapshot(tmp_path / "state.db") == before
     assert receiver.requests == []
 
-    real = runwatch("once", "-c", str(cfg), "--log-format", "json")
+    real = here("once", "-c", str(cfg), "--log-format", "json")
     assert real.code == 0, real.stderr
     [msg] = receiver.wait_for(1)
     assert run_id in msg["title"] and "TrainingDiverged" in msg["message"]
@@ -176,8 +183,8 @@ def test_it_creates_no_state_file_for_a_dry_run_or_a_look_at_the_runs(
         tmp_path, sim, channels={"hook": receiver.apprise_url("/hook")}, state={"path": str(state)}
     )
 
-    dry = runwatch("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
-    runs = runwatch("runs", "-c", str(cfg), "--log-format", "json")
+    dry = here("once", "-c", str(cfg), "--dry-run", "--log-format", "json")
+    runs = here("runs", "-c", str(cfg), "--log-format", "json")
 
     assert dry.code == 0, dry.stderr
     assert "baseline poll saw" in dry.stdout and "nothing is sent" in dry.stdout
@@ -197,7 +204,7 @@ def test_it_reports_each_channel_of_notify_test_and_exits_1_if_one_fails(
         channels={"good": receiver.apprise_url("/good"), "bad": receiver.apprise_url("/bad")},
     )
     receiver.set_mode("fail", "/bad")
-    failed = runwatch("notify-test", "-c", str(cfg), "--log-format", "json")
+    failed = here("notify-test", "-c", str(cfg), "--log-format", "json")
     assert failed.code == 1, failed.stderr
     lines = failed.stdout.splitlines()
     assert any(line.startswith("good: OK") for line in lines)
@@ -206,12 +213,12 @@ def test_it_reports_each_channel_of_notify_test_and_exits_1_if_one_fails(
     assert "runwatch test message" in receiver.received[0]["title"]
 
     receiver.set_mode("ok", "/bad")
-    passed = runwatch("notify-test", "-c", str(cfg), "--log-format", "json")
+    passed = here("notify-test", "-c", str(cfg), "--log-format", "json")
     assert passed.code == 0, passed.stderr
     assert sorted(line.split(":")[0] for line in passed.stdout.splitlines()) == ["bad", "good"]
     assert sorted(m["path"] for m in receiver.received) == ["/bad", "/good", "/good"]
 
-    only = runwatch("notify-test", "-c", str(cfg), "bad", "--log-format", "json")
+    only = here("notify-test", "-c", str(cfg), "bad", "--log-format", "json")
     assert only.code == 0 and only.stdout.startswith("bad: OK")
     assert len(receiver.received) == 4
 
@@ -220,9 +227,9 @@ def test_it_lists_the_tracked_runs_as_a_table(tmp_path: Path, sim: Simulator) ->
     """`runs` prints workspace, run, flow, condition and since for every run in the state."""
     run_id = sim.create_run(condition="Running", flow="qwen-vl-finetune")
     cfg = write_config(tmp_path, sim, channels={"hook": "json://127.0.0.1:9/hook"}, name="lab")
-    assert runwatch("once", "-c", str(cfg), "--log-format", "json").code == 0
+    assert here("once", "-c", str(cfg), "--log-format", "json").code == 0
 
-    result = runwatch("runs", "-c", str(cfg), "--log-format", "json")
+    result = here("runs", "-c", str(cfg), "--log-format", "json")
     assert result.code == 0, result.stderr
     header, *rows = result.stdout.split("\n\n")[0].splitlines()
     assert header.split() == ["WORKSPACE", "RUN", "FLOW", "CONDITION", "SINCE"]
