@@ -316,3 +316,39 @@ def test_it_loses_no_transition_across_20_kills(tmp_path: Path, seed: int) -> No
 def test_it_loses_no_transition_across_80_kills(tmp_path: Path) -> None:
     """The same with 80 kills and another seed."""
     crash_over_and_over(tmp_path, kills=80, seed=80)
+
+
+def test_it_loses_nothing_when_killed_while_a_digest_is_sent(tmp_path: Path) -> None:
+    """20 runs fail in one poll: a digest. Killed while the service holds it (and refuses it:
+    lost on the way), the next daemon sends the same 20 runs again, as one digest, and the
+    outbox ends with every row sent; nothing is lost or counted twice in the one accepted."""
+    receiver = SlowReceiver()
+    with Simulator(runs=25, active=20, seed=33) as sim, receiver:
+        cfg = write_config(
+            tmp_path,
+            sim,
+            channels={"hook": {"urls": receiver.apprise_url("/hook"), "digest": {"max_single": 1}}},
+            poll={"interval": "150ms", "page_size": 10},
+            delivery={"min_interval": "0s", "initial_backoff": "1s", "timeout": "5s"},
+        )
+        failed = sim.active_run_ids()
+        with DaemonProcess(cfg) as first:
+            first.wait_for_event("baseline.recorded", DEADLINE_S)
+            receiver.delay, receiver.keep_held = 30.0, False  # held until the kill, then refused
+            for run_id in failed:
+                sim.append_condition(run_id, FAILED, reason="OOM")
+            wait_until(lambda: receiver.arrivals > 0, what="the digest", timeout=DEADLINE_S)
+            first.kill(DEADLINE_S)
+        receiver.delay = 0.0
+        assert receiver.received == []  # the held digest was refused: lost on the way
+
+        with DaemonProcess(cfg) as second:
+            [digest] = receiver.wait_for(1, DEADLINE_S)
+            second.wait_for_event("delivery.sent", DEADLINE_S)
+            second.signal(signal.SIGTERM)
+            assert second.wait(DEADLINE_S) == 0
+    assert str(digest["title"]).startswith(f"{len(failed)} runs changed in prod")
+    assert sorted(r for r in failed if r in str(digest["message"])) == sorted(failed)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+        outbox = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+    assert outbox == {"sent": len(failed)}
