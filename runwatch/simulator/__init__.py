@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runwatch.simulator.api import RequestRecord
     from runwatch.simulator.cli import add_arguments, config_snippet, main
+    from runwatch.simulator.defaults import SIM_ORG
     from runwatch.simulator.faults import UNKNOWN_CONDITION, Fault
-    from runwatch.simulator.population import POPULATION_EPOCH_MS, SIM_ORG, default_secret_key
+    from runwatch.simulator.population import POPULATION_EPOCH_MS, default_secret_key
     from runwatch.simulator.server import Simulator
 
 _HOMES = {
     "POPULATION_EPOCH_MS": "population",
-    "SIM_ORG": "population",
+    "SIM_ORG": "defaults",
     "default_secret_key": "population",
     "Fault": "faults",
     "UNKNOWN_CONDITION": "faults",

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from runwatch.simulator.population import SIM_ORG
+from runwatch.simulator.defaults import SIM_ORG
 
 if TYPE_CHECKING:
     import threading

@@ -30,8 +30,6 @@ from runwatch.core.model import (
     SUCCEEDED,
 )
 
-SIM_ORG = "org-sim"
-
 # The seeded population ends here (2026-01-01T00:00:00Z, shifted by the seed): a fixed point,
 # so restarts serve identical runs; wall-clock time only enters through runs created later.
 POPULATION_EPOCH_MS = 1_767_225_600_000

@@ -26,9 +26,10 @@ import structlog
 
 from runwatch.core.model import PENDING, REACHED, TERMINAL_CONDITIONS
 from runwatch.simulator.api import Api, RequestLog, RequestRecord, project_json
+from runwatch.simulator.defaults import SIM_ORG
 from runwatch.simulator.documents import deep_copy, model_document, run_document
 from runwatch.simulator.faults import UNKNOWN_CONDITION, Endpoint, Fault, FaultQueue
-from runwatch.simulator.population import POPULATION_EPOCH_MS, SIM_ORG, default_secret_key
+from runwatch.simulator.population import POPULATION_EPOCH_MS, default_secret_key
 from runwatch.simulator.transport import Listener
 from runwatch.simulator.workspace import Workspace
 
