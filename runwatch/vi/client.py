@@ -1,8 +1,9 @@
 """The Vi Runs API over HTTP: list pages of runs, get one run; a run's latest model output
 and a training project, for messages (`runwatch.vi.enrich`).
 
-Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`), and
-each call goes through the `RetryPolicy`, which retries only what is not `.permanent`:
+Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`; the
+answer side, status to error and the size cap, is `responses.py`), and each call goes
+through the `RetryPolicy`, which retries only what is not `.permanent`:
 
     transport error, dropped connection   -> ViTransportError     retried
     TLS certificate it cannot verify      -> ViTransportError     permanent
@@ -40,16 +41,8 @@ import httpx
 
 from runwatch import __version__
 from runwatch.core.model import Run
-from runwatch.errors import (
-    ViAuthError,
-    ViBadResponseError,
-    ViError,
-    ViNotFoundError,
-    ViRateLimitedError,
-    ViServerError,
-    ViTransportError,
-)
-from runwatch.redaction import Redactor, cut
+from runwatch.errors import ViBadResponseError, ViError, ViTransportError
+from runwatch.redaction import Redactor
 from runwatch.vi.decode import Page, decode_page, decode_run, safe_json
 from runwatch.vi.decode_more import (
     ModelOutput,
@@ -59,7 +52,15 @@ from runwatch.vi.decode_more import (
     decode_training_project,
     usable_id,
 )
-from runwatch.vi.retry import RetryPolicy, parse_retry_after
+from runwatch.vi.responses import (
+    TooLarge,
+    certificate_error,
+    display_url,
+    read_capped,
+    status_error,
+    trace_id,
+)
+from runwatch.vi.retry import RetryPolicy
 
 Endpoint = Literal["list", "get", "outputs", "project"]
 OUTPUTS_INTENT = "sdkLocalDeploy"  # sent on every outputs call, as the SDK does
@@ -69,21 +70,13 @@ MAX_OUTPUT_PAGES = 100
 # httpx's timeouts bound each socket operation, so a server that drips one byte at a time
 # never trips them; the whole attempt is bounded too, at this multiple of the timeout.
 _ATTEMPT_DEADLINE_FACTOR = 3.0
-_MAX_QUOTED = 300  # characters of server text quoted in an error message
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-_MESSAGE_KEYS = ("message", "error_description", "detail", "error")
 
 
 def _header_safe(value: str) -> bool:
     # Visible ASCII only: anything else would make httpx raise an error that quotes the
     # header value, i.e. the secret key.
     return bool(value) and all(33 <= ord(c) <= 126 for c in value)
-
-
-def _display_url(endpoint: str) -> str:
-    """The endpoint without any user:password part, for messages."""
-    url = httpx.URL(endpoint)
-    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 class ViClient:
@@ -106,7 +99,7 @@ class ViClient:
     ) -> None:
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"endpoint must be an http(s) URL, not {_display_url(endpoint)!r}")
+            raise ValueError(f"endpoint must be an http(s) URL, not {display_url(endpoint)!r}")
         if not _header_safe(organization_id):
             raise ValueError(f"organization_id {organization_id!r} is empty or has spaces")
         if not _header_safe(secret_key):
@@ -117,7 +110,7 @@ class ViClient:
             raise ValueError("max_requests_per_second must be positive")
 
         self.organization_id = organization_id
-        self.endpoint = _display_url(endpoint)
+        self.endpoint = display_url(endpoint)
         self.requests_made = 0
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
@@ -342,10 +335,12 @@ class ViClient:
         started = time.monotonic()
         try:
             response, body = await asyncio.wait_for(
-                self._get(url, params, headers, what=what),
+                read_capped(self._http, url, params, headers, self._max_bytes),
                 self._timeout * _ATTEMPT_DEADLINE_FACTOR,
             )
             outcome = str(response.status_code)
+        except TooLarge as exc:
+            raise self._too_big(what, str(exc)) from None
         except asyncio.CancelledError:
             outcome = "cancelled"  # a caller's deadline (enrichment's), not the API's fault
             raise
@@ -364,7 +359,7 @@ class ViClient:
                 ViBadResponseError, f"the Vi API sent an undecodable body {what}: {exc}"
             ) from exc
         except httpx.RequestError as exc:
-            untrusted = _certificate_error(exc)
+            untrusted = certificate_error(exc)
             if untrusted is not None:
                 error = self._error(
                     ViTransportError,
@@ -395,26 +390,20 @@ class ViClient:
                     f"{response.headers.get('content-type', 'no content type')}); "
                     f"a proxy in the way, or a truncated response",
                     status_code=status,
-                    trace_id=_trace_id(response),
+                    trace_id=trace_id(response),
                 ) from exc
         if status == 304 and "If-None-Match" in headers:
             return None
-        raise self._status_error(response, body, what=what, missing=missing)
-
-    async def _get(
-        self, url: str, params: dict[str, str], headers: dict[str, str], *, what: str
-    ) -> tuple[httpx.Response, bytes]:
-        """GET `url`, reading at most `max_response_bytes` of its (decoded) body."""
-        async with self._http.stream("GET", url, params=params, headers=headers) as response:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_bytes:
-                raise self._too_big(what, f"it announced {declared} bytes")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise self._too_big(what, "runwatch stopped reading there")
-            return response, bytes(body)
+        raise status_error(
+            response,
+            body,
+            what=what,
+            missing=missing,
+            organization_id=self.organization_id,
+            endpoint=self.endpoint,
+            redact=self._redact,
+            clock=self._retry.clock,
+        )
 
     def _too_big(self, what: str, how: str) -> ViError:
         error = self._error(
@@ -425,71 +414,6 @@ class ViClient:
         )
         error.permanent = True  # the same request brings the same body
         return error
-
-    def _status_error(
-        self, response: httpx.Response, body: bytes, *, what: str, missing: str | None
-    ) -> ViError:
-        status = response.status_code
-        org = self.organization_id
-        detail = _detail(response, body, self._redact)
-        trace = _trace_id(response)
-        kw: dict[str, object] = {"status_code": status, "trace_id": trace}
-        if status in (401, 403):
-            return self._error(
-                ViAuthError,
-                f"the Vi API rejected the secret key for organization {org} ({status}); "
-                f"check secret_key / secret_key_file{detail}",
-                **kw,
-            )
-        if status == 404:
-            if missing is not None:
-                message = f"{missing} (404){detail}"
-            else:
-                message = (
-                    f"the Vi API at {self.endpoint} does not know organization {org} (404); "
-                    f"check organization_id and endpoint{detail}"
-                )
-            return self._error(ViNotFoundError, message, **kw)
-        if status == 429:
-            wait = parse_retry_after(response.headers.get("retry-after"), now=self._retry.clock())
-            after = f", Retry-After {wait:g}s" if wait is not None else ""
-            return self._error(
-                ViRateLimitedError,
-                f"the Vi API rate-limited runwatch {what} (429{after}){detail}; "
-                f"poll less often (poll.interval) or cap poll.max_requests_per_second",
-                retry_after=wait,
-                **kw,
-            )
-        if 500 <= status <= 599:
-            wait = None
-            if status == 503:
-                wait = parse_retry_after(
-                    response.headers.get("retry-after"), now=self._retry.clock()
-                )
-            return self._error(
-                ViServerError,
-                f"the Vi API failed {what} with HTTP {status}{detail}; a fault on the API "
-                f"side, usually brief",
-                retry_after=wait,
-                **kw,
-            )
-        if 300 <= status <= 499:
-            where = response.headers.get("location")
-            hint = (
-                f"; it redirects to {_display_url(where)} — set endpoint to the final URL"
-                if where and 300 <= status <= 399
-                else "; is the endpoint really the Vi API?"
-            )
-            error = self._error(
-                ViError, f"the Vi API refused {what} with HTTP {status}{detail}{hint}", **kw
-            )
-            error.permanent = True  # the same request will be refused again
-            return error
-        return self._error(
-            ViBadResponseError,
-            f"the Vi API answered {what} with an unexpected HTTP {status}{detail}",
-            **kw,
-        )
 
     def _error(self, cls: type[ViError], message: str, **kw: object) -> ViError:
         return cls(self._redact(message), **kw)  # type: ignore[arg-type]
@@ -512,60 +436,8 @@ class _Pace:
         return max(0.0, due - self._slack - now)
 
 
-def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind a transport error, if that is what it is."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _entity_tag(etag: str) -> str:
     # Run documents carry the bare tag; HTTP wants it quoted (or weak, W/"...") to compare.
     if etag.startswith('"') or etag.startswith('W/"'):
         return etag
     return f'"{etag}"'
-
-
-def _trace_id(response: httpx.Response) -> str | None:
-    # Google's header is "TRACE_ID/SPAN_ID;o=1"; the trace id is what support asks for.
-    value = response.headers.get("x-cloud-trace-context")
-    if not value:
-        return None
-    return value.split("/", 1)[0].split(";", 1)[0].strip() or None
-
-
-def _server_message(body: bytes) -> str | None:
-    try:
-        doc = safe_json(body)
-    except (ValueError, RecursionError):
-        text = body.decode("utf-8", "replace").strip()
-        return text or None
-    if not isinstance(doc, dict):
-        return None
-    for key in _MESSAGE_KEYS:
-        value = doc.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        if key == "error" and isinstance(value, dict):
-            nested = value.get("message")
-            if isinstance(nested, str) and nested.strip():
-                return nested.strip()
-    return None
-
-
-def _detail(response: httpx.Response, body: bytes, redact: Redactor) -> str:
-    """': <server message> [trace <id>]', as much of it as the response offers, masked of
-    the secret key before it is cut to length (a cut secret is still a secret)."""
-    parts = ""
-    message = _server_message(body[: 64 * _MAX_QUOTED])
-    if message:
-        parts += f": {cut(message, _MAX_QUOTED, redact)}"
-    trace = _trace_id(response)
-    if trace:
-        parts += f" [trace {trace}]"
-    return parts
