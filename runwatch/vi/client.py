@@ -61,6 +61,7 @@ from runwatch.vi.responses import (
     trace_id,
 )
 from runwatch.vi.retry import RetryPolicy
+from runwatch.vi.wire import Quiet, read_page, read_run
 
 Endpoint = Literal["list", "get", "outputs", "project"]
 OUTPUTS_INTENT = "sdkLocalDeploy"  # sent on every outputs call, as the SDK does
@@ -162,8 +163,12 @@ class ViClient:
 
     # --- the API -------------------------------------------------------------------------
 
-    async def list_page(self, page_token: str | None, page_size: int) -> Page:
-        """One page of the listing, newest runs first; `page_token` None is page 1."""
+    async def list_page(
+        self, page_token: str | None, page_size: int, *, quiet: Quiet | None = None
+    ) -> Page:
+        """One page of the listing, newest runs first; `page_token` None is page 1. Runs
+        that `quiet(run_id, fingerprint)` knows unchanged are named in `Page.quiet` only
+        (see `runwatch.vi.wire`)."""
         if not 1 <= page_size <= 1000:
             raise ValueError(f"page_size must be 1..1000, not {page_size}")
         params: dict[str, str] = {"s": str(page_size)}
@@ -172,13 +177,18 @@ class ViClient:
         what = f"listing the runs of organization {self.organization_id}"
 
         async def attempt() -> Page:
-            body = await self._fetch("list", self._runs_url, params, {}, what=what)
-            return decode_page(body, organization_id=self.organization_id)
+            answer = await self._fetch("list", self._runs_url, params, {}, what=what)
+            org = self.organization_id
+            if answer is not None:
+                page = read_page(answer[1], organization_id=org, quiet=quiet)
+                if page is not None:
+                    return page
+            return decode_page(self._parsed(answer, what), organization_id=org)
 
         return await self._retry.call(attempt, what=f"list {self.organization_id}")
 
     async def list_runs(
-        self, page_size: int, *, max_pages: int = 10_000
+        self, page_size: int, *, max_pages: int = 10_000, quiet: Quiet | None = None
     ) -> AsyncGenerator[Page, None]:
         """Every page from page 1. Raises rather than end early: a repeated page token or a
         listing longer than `max_pages` is a ViBadResponseError, never an endless loop, and
@@ -188,7 +198,7 @@ class ViClient:
         token: str | None = None
         pages = 0
         while True:
-            page = await self.list_page(token, page_size)
+            page = await self.list_page(token, page_size, quiet=quiet)
             pages += 1
             yield page
             if page.next_page is None:
@@ -219,10 +229,13 @@ class ViClient:
         missing = f"run {run_id} does not exist in organization {self.organization_id}"
 
         async def attempt() -> Run | None:
-            body = await self._fetch("get", url, {}, headers, what=what, missing=missing)
-            if body is None:
+            answer = await self._fetch("get", url, {}, headers, what=what, missing=missing)
+            if answer is None:
                 return None
-            run = decode_run(body, organization_id=self.organization_id)
+            org = self.organization_id
+            run = read_run(answer[1], organization_id=org) or decode_run(
+                self._parsed(answer, what), organization_id=org
+            )
             if run.run_id != run_id:
                 raise ViBadResponseError(
                     f"the Vi API answered {what} with run {run.run_id} instead"
@@ -275,7 +288,8 @@ class ViClient:
         self, url: str, params: dict[str, str], run_id: str, what: str
     ) -> OutputsPage:
         missing = f"run {run_id} does not exist in organization {self.organization_id}"
-        body = await self._fetch("outputs", url, params, {}, what=what, missing=missing)
+        answer = await self._fetch("outputs", url, params, {}, what=what, missing=missing)
+        body = self._parsed(answer, what)
         return decode_outputs_page(
             body, organization_id=self.organization_id, run_id=run_id, mask=self._redact
         )
@@ -294,9 +308,10 @@ class ViClient:
         missing = f"training project {project_id} does not exist in organization {org}"
 
         async def attempt() -> TrainingProject | None:
-            body = await self._fetch("project", url, {}, headers, what=what, missing=missing)
-            if body is None:
+            answer = await self._fetch("project", url, {}, headers, what=what, missing=missing)
+            if answer is None:
                 return None
+            body = self._parsed(answer, what)
             return decode_training_project(
                 body, organization_id=org, project_id=project_id, mask=self._redact
             )
@@ -323,8 +338,8 @@ class ViClient:
         *,
         what: str,
         missing: str | None = None,
-    ) -> object:
-        """GET once and return the parsed JSON body (None for a 304), or raise a ViError.
+    ) -> tuple[httpx.Response, bytes] | None:
+        """GET once and return a 200 with its body (None for a 304), or raise a ViError.
         `missing` says what a 404 means ("run X does not exist in organization Y")."""
         if self._pace is not None:
             wait = self._pace.reserve(time.monotonic())
@@ -380,18 +395,7 @@ class ViClient:
 
         status = response.status_code
         if status == 200:
-            try:
-                return safe_json(body)
-            except (ValueError, RecursionError) as exc:
-                raise self._error(
-                    ViBadResponseError,
-                    f"the Vi API answered {what} with a body that is not JSON "
-                    f"({len(body)} bytes of "
-                    f"{response.headers.get('content-type', 'no content type')}); "
-                    f"a proxy in the way, or a truncated response",
-                    status_code=status,
-                    trace_id=trace_id(response),
-                ) from exc
+            return response, body
         if status == 304 and "If-None-Match" in headers:
             return None
         raise status_error(
@@ -404,6 +408,24 @@ class ViClient:
             redact=self._redact,
             clock=self._retry.clock,
         )
+
+    def _parsed(self, answer: tuple[httpx.Response, bytes] | None, what: str) -> object:
+        """The JSON of a 200's body, lone surrogates repaired (None for a 304)."""
+        if answer is None:
+            return None
+        response, body = answer
+        try:
+            return safe_json(body)
+        except (ValueError, RecursionError) as exc:
+            raise self._error(
+                ViBadResponseError,
+                f"the Vi API answered {what} with a body that is not JSON "
+                f"({len(body)} bytes of "
+                f"{response.headers.get('content-type', 'no content type')}); "
+                f"a proxy in the way, or a truncated response",
+                status_code=200,
+                trace_id=trace_id(response),
+            ) from exc
 
     def _too_big(self, what: str, how: str) -> ViError:
         error = self._error(
