@@ -124,9 +124,7 @@ class ViClient:
         self._projects_url = (
             f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
         )
-        ssl_verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
+        ssl_verify = _tls_context(verify) if url.scheme == "https" else _NO_TLS
         self._http = httpx.AsyncClient(
             headers={
                 "Authorization": f"Bearer {secret_key}",
@@ -456,6 +454,16 @@ class _Pace:
         due = max(self._due, now)
         self._due = due + self._interval
         return max(0.0, due - self._slack - now)
+
+
+# httpx builds a TLS context for every client, https or not, and loading a CA bundle costs
+# ~100 ms and a few MiB. A plain-http endpoint (a local simulator, a proxy on loopback) never
+# does TLS (redirects are refused), so it gets a context that trusts no one and costs nothing.
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _tls_context(verify: bool | str) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def _entity_tag(etag: str) -> str:
