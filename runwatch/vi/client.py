@@ -31,10 +31,11 @@ import asyncio
 import dataclasses
 import functools
 import ssl
+import sys
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -61,9 +62,11 @@ from runwatch.vi.responses import (
     trace_id,
 )
 from runwatch.vi.retry import RetryPolicy
+from runwatch.vi.transport import http_transport
 from runwatch.vi.wire import Quiet, read_page, read_run
 
 Endpoint = Literal["list", "get", "outputs", "project"]
+_T = TypeVar("_T")
 OUTPUTS_INTENT = "sdkLocalDeploy"  # sent on every outputs call, as the SDK does
 OUTPUTS_PAGE_SIZE = 1000  # the most the SDK allows: one page holds a run's checkpoints
 MAX_OUTPUT_PAGES = 100
@@ -121,9 +124,7 @@ class ViClient:
         self._pace = _Pace(max_requests_per_second) if max_requests_per_second else None
         base = endpoint.rstrip("/")
         self._runs_url = f"{base}/workspaces/{quote(organization_id, safe='')}/runs"
-        self._projects_url = (
-            f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
-        )
+        self._projects_url = f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
         ssl_verify = _tls_context(verify) if url.scheme == "https" else _NO_TLS
         self._http = httpx.AsyncClient(
             headers={
@@ -134,7 +135,8 @@ class ViClient:
             },
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+            transport=transport
+            or http_transport(verify=ssl_verify, max_connections=max_connections),
             verify=ssl_verify,
             follow_redirects=False,  # a redirect to another host would drop or leak the key
         )
@@ -347,7 +349,7 @@ class ViClient:
         outcome = "transport"
         started = time.monotonic()
         try:
-            response, body = await asyncio.wait_for(
+            response, body = await _within(
                 read_capped(self._http, url, params, headers, self._max_bytes),
                 self._timeout * _ATTEMPT_DEADLINE_FACTOR,
             )
@@ -464,6 +466,15 @@ _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 def _tls_context(verify: bool | str) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
+async def _within(read: Awaitable[_T], seconds: float) -> _T:
+    """`await read`, or asyncio.TimeoutError after `seconds`. `asyncio.timeout` (3.11) runs
+    it in the caller's task; `wait_for` before 3.12 starts a task per request."""
+    if sys.version_info < (3, 11):
+        return await asyncio.wait_for(read, seconds)
+    async with asyncio.timeout(seconds):
+        return await read
 
 
 def _entity_tag(etag: str) -> str:
