@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +58,9 @@ from bench_polling import (
     start_population,
     write_config,
 )
+from sdk_watcher import sdk_client, sdk_list_loop, sdk_page1_get
 
 from runwatch.config.loading import parse_config
-from runwatch.core.model import TERMINAL_CONDITIONS
 from runwatch.core.transitions import Fold
 from runwatch.logs import configure_logging
 from runwatch.service.daemon import Daemon
@@ -86,53 +85,6 @@ class Steady:
     rows: list[Row] = field(default_factory=list)
 
 
-def _sdk(pop: Population) -> Any:
-    import vi  # benchmark-only: never imported by runwatch itself
-
-    quiet = vi.LoggingConfig(enable_console=False, enable_file=False)
-    return vi.Client(
-        secret_key=pop.secret_key,
-        organization_id=pop.organization_id,
-        endpoint=pop.url,
-        logging_config=quiet,
-    )
-
-
-def _latest(run: Any) -> tuple[str, str] | None:
-    c = run.status.conditions
-    return (str(c[-1].condition.value), str(c[-1].status.value)) if c else None
-
-
-def sdk_list_loop(client: Any, page_size: int) -> Callable[[dict[str, Any]], None]:
-    """The seed's watcher: every page of `client.runs.list()` each poll, diffed in a dict."""
-
-    def poll(known: dict[str, Any]) -> None:
-        for page in client.runs.list(pagination={"page_size": page_size}):
-            for run in page.items:
-                state = _latest(run)
-                if known.get(run.run_id) != state:
-                    known[run.run_id] = state
-
-    return poll
-
-
-def sdk_page1_get(client: Any) -> Callable[[dict[str, Any]], None]:
-    """Page 1 (new runs), then `get()` each known-active run page 1 did not show."""
-
-    def poll(known: dict[str, Any]) -> None:
-        page = client.runs.list(pagination={"page_size": PAGE_SIZE})  # the first page only
-        shown = set()
-        for run in page.items:
-            shown.add(run.run_id)
-            known[run.run_id] = _latest(run)
-        for run_id, state in list(known.items()):
-            if run_id in shown or (state is not None and state[0] in TERMINAL_CONDITIONS):
-                continue
-            known[run_id] = _latest(client.runs.get(run_id=run_id))
-
-    return poll
-
-
 async def steady(
     host: Host, runs: int, polls: int, page_size: int = PAGE_SIZE, kind: str = "incremental"
 ) -> Steady:
@@ -146,7 +98,7 @@ async def steady(
     )
     print(f"  steady polls: {label}", file=sys.stderr, flush=True)
     result = Steady(label)
-    client = _sdk(pop)
+    client = sdk_client(pop.url, pop.organization_id, pop.secret_key)
     with tempfile.TemporaryDirectory(prefix="runwatch-bench-") as tmp:
         # A full listing every poll: what a small workspace whose walk always reaches the
         # end of the listing costs (full_resync shorter than the interval).
@@ -229,7 +181,7 @@ async def full_listing(host: Host, runs: int) -> Listing:
                 rate = decode_diff_rate(pop, daemon)
             finally:
                 await daemon.aclose()
-    client = _sdk(pop)
+    client = sdk_client(pop.url, pop.organization_id, pop.secret_key)
     cpu = time.process_time()
     listed = sum(len(page.items) for page in client.runs.list(pagination={"page_size": 100}))
     sdk_cpu = time.process_time() - cpu
@@ -348,7 +300,13 @@ class Startup:
     version_s: list[float]
 
 
-def startup(host: Host, trials: int) -> Startup:
+# Installed here but not by runwatch: trio (nothing requires it; httpcore imports it when
+# present) and rich (vi-sdk requires it; structlog imports it when present). The "without"
+# trials hide both, as an install of runwatch alone would not have them.
+_HIDE_OPTIONAL = 'import sys\nsys.modules["trio"] = None\nsys.modules["rich"] = None\n'
+
+
+def startup(host: Host, trials: int, *, without_optional: bool = False) -> Startup:
     """exec -> READY=1 and RSS at READY of `runwatch run` with one json:// channel."""
     pop = start_population(host, 10, recent=False)
     print("  start-up: exec to READY", file=sys.stderr, flush=True)
@@ -357,10 +315,14 @@ def startup(host: Host, trials: int) -> Startup:
         with tempfile.TemporaryDirectory(prefix="runwatch-bench-") as tmp:
             text = config_text(pop, Path(tmp) / "state.db", hook="json://127.0.0.1:9/x")
             config = write_config(Path(tmp), text)
+            env = _env()
+            if without_optional:
+                (Path(tmp) / "sitecustomize.py").write_text(_HIDE_OPTIONAL)
+                env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{tmp}"
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.bind(f"{tmp}/notify")
                 sock.settimeout(60)
-                env = dict(_env(), NOTIFY_SOCKET=f"{tmp}/notify")
+                env["NOTIFY_SOCKET"] = f"{tmp}/notify"
                 started = time.perf_counter()
                 process = subprocess.Popen(
                     [sys.executable, "-m", "runwatch", "run", "-c", str(config)],
@@ -377,15 +339,15 @@ def startup(host: Host, trials: int) -> Startup:
                 finally:
                     process.terminate()
                     process.wait(timeout=30)
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "runwatch", "--version"],
-            check=True,
-            capture_output=True,
-            env=_env(),
-            cwd="/",
-        )
-        out.version_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "runwatch", "--version"],
+                check=True,
+                capture_output=True,
+                env=env,
+                cwd="/",
+            )
+            out.version_s.append(time.perf_counter() - started)
     return out
 
 
@@ -398,6 +360,7 @@ def report(
     listings: list[Listing],
     memory: list[tuple[int, tuple[float, float], float]],
     start: Startup,
+    lean: Startup,
     started: datetime.datetime,
     took_s: float,
 ) -> str:
@@ -453,14 +416,20 @@ def report(
         )
     lines += [
         "",
-        "### Start-up (one json:// channel)",
+        "### Start-up (one json:// channel; medians)",
         "",
-        f"- exec to READY: median {statistics.median(start.ready_s):.3f} s "
-        f"(trials: {', '.join(f'{t:.3f}' for t in start.ready_s)})",
-        f"- RSS at READY: median {statistics.median(start.rss_mib):.1f} MiB",
-        f"- `runwatch --version`: median {statistics.median(start.version_s):.3f} s",
-        "",
+        "| environment | exec to READY s | RSS at READY MiB | `runwatch --version` s |",
+        "| --- | ---: | ---: | ---: |",
     ]
+    for name, s in (
+        ("this one (trio and rich installed)", start),
+        ("without trio and rich (neither is a runwatch dependency)", lean),
+    ):
+        lines.append(
+            f"| {name} | {statistics.median(s.ready_s):.3f} "
+            f"| {statistics.median(s.rss_mib):.1f} | {statistics.median(s.version_s):.3f} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -479,11 +448,12 @@ async def main_async(args: argparse.Namespace) -> str:
         sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
         memory = [(n, daemon_peak_rss(host, n), sdk_peak_rss(host, n)) for n in sizes]
         start = startup(host, 3 if args.quick else 7)
+        lean = startup(host, 3 if args.quick else 7, without_optional=True)
     finally:
         host.close()
     command = "python3 benchmarks/bench_daemon.py" + (" --quick" if args.quick else "")
     took = time.monotonic() - t0
-    return report(command, steadies, listings, memory, start, started, took)
+    return report(command, steadies, listings, memory, start, lean, started, took)
 
 
 def main() -> int:

@@ -15,8 +15,12 @@ backend sends when it cuts an emoji in half) becomes U+FFFD, so no later stage (
 logging, Apprise, a socket) can fail to encode it. `safe_json` does that for a whole body.
 
 runwatch keeps up to 100,000 runs in memory, so the strings that repeat across runs
-(condition, status, flow and project names, reasons) are interned, and the hot path is
-plain dict lookups: decoding has to keep up with ~100,000 runs a second.
+(condition, status, flow and project names, reasons) are interned.
+
+Listings and Run documents are first read by `wire.py` (typed msgspec decoding from the
+bytes, several times faster); this module is the tolerant reading it falls back to for any
+body it cannot read exactly as this one would, and so the reference for what a document
+means.
 """
 
 from __future__ import annotations
