@@ -74,6 +74,16 @@ class _Unreadable(Exception):
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+
+
+def has_surrogate_escape(body: bytes) -> bool:
+    """Whether `body` escapes a UTF-16 surrogate; two substring searches rule out nearly
+    every body at a fraction of the regex's cost."""
+    if b"\\ud" not in body and b"\\uD" not in body:
+        return False
+    return SURROGATE_ESCAPE.search(body) is not None
+
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -85,7 +95,7 @@ def safe_json(body: bytes) -> object:
     one (a surrogate pair, a legitimate emoji, is decoded whole and left alone).
     """
     doc = json.loads(body)
-    if SURROGATE_ESCAPE.search(body) is None:
+    if not has_surrogate_escape(body):
         return doc
     return _repaired(doc)
 

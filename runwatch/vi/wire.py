@@ -33,9 +33,9 @@ from runwatch.core.model import Condition, Run
 from runwatch.core.run_index import observed_fingerprint
 from runwatch.vi.decode import (
     RUN_ID,
-    SURROGATE_ESCAPE,
     Page,
     attributes,
+    has_surrogate_escape,
     intern,
     opt_interned,
     shared_message,
@@ -157,7 +157,7 @@ def fingerprint(doc: _Run) -> int:
 def read_page(body: bytes, *, organization_id: str, quiet: Quiet | None = None) -> Page | None:
     """The listing page in `body`, or None when only the tolerant fallback may read it.
     Runs that `quiet` accepts are named in `Page.quiet` instead of built."""
-    if SURROGATE_ESCAPE.search(body) is not None:
+    if has_surrogate_escape(body):
         return None
     try:
         page = _PAGE.decode(body)
@@ -182,7 +182,7 @@ def read_page(body: bytes, *, organization_id: str, quiet: Quiet | None = None) 
 
 def read_run(body: bytes, *, organization_id: str) -> Run | None:
     """The Run document in `body`, or None when only the tolerant fallback may read it."""
-    if SURROGATE_ESCAPE.search(body) is not None:
+    if has_surrogate_escape(body):
         return None
     try:
         doc = _RUN.decode(body)
