@@ -249,7 +249,11 @@ def _reaches(page: Page, watermark: int, index: RunIndex) -> bool:
     its creation time the index's: the fingerprint it matched covers it)."""
     if any(r.time_created < watermark for r in page.runs):
         return True
-    return any((index.time_created(q) or watermark) < watermark for q in page.quiet)
+    for run_id in page.quiet:
+        created = index.time_created(run_id)
+        if created is not None and created < watermark:
+            return True
+    return False
 
 
 def _add(fold: Fold, runs: Sequence[Run], load: Load, skipped: Sequence[str] = ()) -> None:
