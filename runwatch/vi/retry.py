@@ -107,9 +107,6 @@ class RetryPolicy:
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run `fn` until it succeeds or the policy gives up; then raise its last error."""
-        jitter = tenacity.wait_random_exponential(
-            multiplier=self.initial_backoff, max=self.max_backoff
-        )
         # Time spent inside attempts, measured here rather than by tenacity's clock: with an
         # injected sleep that returns at once, tenacity's elapsed time would omit the waits.
         busy = 0.0
@@ -138,6 +135,10 @@ class RetryPolicy:
                 first, failed = failed, None
                 raise first
             return await attempt()
+
+        jitter = tenacity.wait_random_exponential(
+            multiplier=self.initial_backoff, max=self.max_backoff
+        )
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome is not None else None
