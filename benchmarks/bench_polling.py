@@ -402,14 +402,17 @@ def decode_diff_rate(pop: Population, daemon: Daemon) -> tuple[float, float]:
     return pop.runs / decode_s, pop.runs / parse_s
 
 
-def quiet_in(fold: Fold) -> Callable[[str, int], bool]:
-    """The poller's test for a finished run that a listing shows unchanged."""
+def quiet_in(fold: Fold) -> Callable[[str], int | None]:
+    """The poller's `quiet`: the fingerprint of a finished run a listing may skip."""
     index = fold.index
-    return lambda run_id, fp: (
-        index.finished_fingerprint(run_id) == fp
-        and run_id not in fold.loaded
-        and run_id not in fold.view.changes
-    )
+
+    def quiet(run_id: str) -> int | None:
+        fp = index.finished_fingerprint(run_id)
+        if fp is None or run_id in fold.loaded or run_id in fold.view.changes:
+            return None
+        return fp
+
+    return quiet
 
 
 async def compare(host: Host, runs: int, recent: bool, polls: int, resync: bool) -> Comparison:

@@ -167,7 +167,7 @@ class ViClient:
         self, page_token: str | None, page_size: int, *, quiet: Quiet | None = None
     ) -> Page:
         """One page of the listing, newest runs first; `page_token` None is page 1. Runs
-        that `quiet(run_id, fingerprint)` knows unchanged are named in `Page.quiet` only
+        that `quiet` knows finished and unchanged are named in `Page.quiet` only
         (see `runwatch.vi.wire`)."""
         if not 1 <= page_size <= 1000:
             raise ValueError(f"page_size must be 1..1000, not {page_size}")

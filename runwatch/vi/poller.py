@@ -185,14 +185,14 @@ async def poll_workspace(
     fold = Fold(index, workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms)
     fetches = _Fetches(client, plan.max_concurrency)
 
-    def quiet(run_id: str, fp: int) -> bool:
-        # Exactly the runs `Fold.add` would pass over as finished and unchanged: leaving
-        # them unbuilt is most of a full listing's CPU (see `runwatch.vi.wire`).
-        return (
-            index.finished_fingerprint(run_id) == fp
-            and run_id not in fold.loaded
-            and run_id not in fold.view.changes
-        )
+    def quiet(run_id: str) -> int | None:
+        # Exactly the runs `Fold.add` would pass over when unchanged: finished, and neither
+        # loaded nor changed this poll. Leaving them unbuilt is most of a full listing's CPU
+        # (see `runwatch.vi.wire`).
+        fp = index.finished_fingerprint(run_id)
+        if fp is None or run_id in fold.loaded or run_id in fold.view.changes:
+            return None
+        return fp
 
     def fold_in(page: Page) -> None:
         # A quiet run counts as seen, as a 304 does: listed, known, unchanged.

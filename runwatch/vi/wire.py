@@ -17,11 +17,11 @@ Fields not declared here are skipped unread by msgspec (never materialised), whi
 of the saving: a run document is ~1.3 kB, of which runwatch keeps a few dozen bytes.
 
 The other saving is for a full listing, where nearly every run is finished and unchanged:
-the caller may pass `quiet(run_id, fingerprint)`, and a run it calls quiet is only named
-in `Page.quiet`, never built into a `Run` (its fingerprint, `run_index.run_fingerprint`
-of the Run it would have been, is computed from the decoded fields).
+the caller may pass `quiet(run_id)`, the fingerprint under which it knows that run as
+finished (None for any other run), and a run whose decoded fields have that fingerprint
+(`run_index.run_fingerprint` of the Run it would have been) is only named in `Page.quiet`,
+never built into a `Run`. Runs the caller does not know cost no fingerprint at all.
 """
-
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from runwatch.vi.decode import (
     shared_message,
 )
 
-Quiet = Callable[[str, int], bool]  # (run id, fingerprint) -> known unchanged?
+Quiet = Callable[[str], int | None]  # run id -> fingerprint it is known finished under
 _NO_LABELS: Mapping[str, str] = {}
 
 
@@ -173,7 +173,8 @@ def read_page(body: bytes, *, organization_id: str, quiet: Quiet | None = None) 
     runs: list[Run] = []
     unchanged: list[str] = []
     for item in page.items:
-        if quiet(item.run_id, fingerprint(item)):
+        known = quiet(item.run_id)
+        if known is not None and known == fingerprint(item):
             unchanged.append(item.run_id)
         else:
             runs.append(_run(item, org))
