@@ -67,6 +67,19 @@ def _digest(
     latest = (
         None if c is None else (c.condition, c.status, c.last_transition_time, c.reason, c.message)
     )
+    return observed_fingerprint(latest, times, names, attributes)
+
+
+def observed_fingerprint(
+    latest: tuple[object, ...] | None,
+    times: tuple[object, ...],
+    names: tuple[object, ...],
+    attributes: Mapping[str, str],
+) -> int:
+    """`run_fingerprint` from plain values, for a decoder that has not built a Run:
+    `latest` is (condition, status, last_transition_time, reason, message) or None,
+    `times` (time_created, last_updated, generation, flow_name), `names`
+    (training_project, etag, log, killed_at)."""
     labels = tuple(sorted(attributes.items())) if attributes else ()
     return hash((latest, times, names, labels)) & _FP_MASK
 

@@ -19,6 +19,10 @@ def register_console_schema(stream: TextIO | None = None) -> None:
         return
     from apprise.decorators import notify
 
+    from runwatch.delivery.apprise_plugins import start_empty
+
+    start_empty()  # else registering a schema makes Apprise import every plugin first
+
     @notify(on="console", name="runwatch console")  # type: ignore[untyped-decorator,no-untyped-call]
     def _console(body: str, title: str, notify_type: str, *args: Any, **kwargs: Any) -> bool:
         out = _console_stream[0]

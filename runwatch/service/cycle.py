@@ -230,7 +230,8 @@ class PollCycle:
                 terminal=self.terminal,
                 tombstones=self._store.load_tombstones(organization_id),
             )
-            settle_heap(len(index))
+            if len(index) >= SETTLE_AFTER_RUNS:
+                settle_heap()
         return index
 
     def _commit(
@@ -252,8 +253,8 @@ class PollCycle:
         known = self._known(ws.organization_id)
         for state in diff.upserts:
             known.record(state)
-        if outcome.kind != "incremental":
-            settle_heap(outcome.runs_seen)
+        if outcome.kind != "incremental" and len(known) >= SETTLE_AFTER_RUNS:
+            settle_heap()  # a baseline or a full listing of a big workspace
         for event in diff.events:
             self._metrics.count_event(ws.name, event)
         if outcome.unfetched:
@@ -387,23 +388,22 @@ def destinations(channels: Mapping[str, ChannelConfig]) -> dict[str, Destination
     }
 
 
-SETTLE_AT = 5_000  # runs below which the collector's own passes cost less than settling
+# A full collection costs ~30-40 ms whatever the workspace's size: worth it after listing
+# 10,000 runs or more, not after every poll of a small workspace whose walks all reach the
+# end of the listing (there it was most of each poll's CPU).
+SETTLE_AFTER_RUNS = 10_000
 
 
-def settle_heap(runs: int) -> None:
-    """Take the known runs out of the cyclic garbage collector's way, when there are many.
+def settle_heap() -> None:
+    """Take the known runs out of the cyclic garbage collector's way.
 
     100,000 known runs are some 300,000 long-lived objects that are never cyclic garbage,
     yet every full collection traverses them all, and the allocations of a full listing
     trigger dozens of those: a third of its CPU. So after the state is loaded and after each
     full listing, collect once and freeze what survives (the collector skips frozen objects;
     reference counting still frees them). Unfreezing first lets that collection reclaim any
-    cyclic garbage frozen the time before, so nothing leaks across months of resyncs. A small
-    workspace is left to the collector: a full collection per poll of 1,000 runs, whose every
-    poll is a full listing, was 29 % of its CPU.
+    cyclic garbage frozen the time before, so nothing leaks across months of resyncs.
     """
-    if runs < SETTLE_AT:
-        return
     gc.unfreeze()
     gc.collect()
     gc.freeze()

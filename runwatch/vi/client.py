@@ -1,8 +1,9 @@
 """The Vi Runs API over HTTP: list pages of runs, get one run; a run's latest model output
 and a training project, for messages (`runwatch.vi.enrich`).
 
-Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`), and
-each call goes through the `RetryPolicy`, which retries only what is not `.permanent`:
+Every HTTP attempt is translated at this edge into the `ViError` tree (see `errors.py`; the
+answer side, status to error and the size cap, is `responses.py`), and each call goes
+through the `RetryPolicy`, which retries only what is not `.permanent`:
 
     transport error, dropped connection   -> ViTransportError     retried
     TLS certificate it cannot verify      -> ViTransportError     permanent
@@ -30,26 +31,19 @@ import asyncio
 import dataclasses
 import functools
 import ssl
+import sys
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from runwatch import __version__
 from runwatch.core.model import Run
-from runwatch.errors import (
-    ViAuthError,
-    ViBadResponseError,
-    ViError,
-    ViNotFoundError,
-    ViRateLimitedError,
-    ViServerError,
-    ViTransportError,
-)
-from runwatch.redaction import Redactor, cut
+from runwatch.errors import ViBadResponseError, ViError, ViTransportError
+from runwatch.redaction import Redactor
 from runwatch.vi.decode import Page, decode_page, decode_run, safe_json
 from runwatch.vi.decode_more import (
     ModelOutput,
@@ -59,9 +53,20 @@ from runwatch.vi.decode_more import (
     decode_training_project,
     usable_id,
 )
-from runwatch.vi.retry import RetryPolicy, parse_retry_after
+from runwatch.vi.responses import (
+    TooLarge,
+    certificate_error,
+    display_url,
+    read_capped,
+    status_error,
+    trace_id,
+)
+from runwatch.vi.retry import RetryPolicy
+from runwatch.vi.transport import http_transport
+from runwatch.vi.wire import Quiet, read_page, read_run
 
 Endpoint = Literal["list", "get", "outputs", "project"]
+_T = TypeVar("_T")
 OUTPUTS_INTENT = "sdkLocalDeploy"  # sent on every outputs call, as the SDK does
 OUTPUTS_PAGE_SIZE = 1000  # the most the SDK allows: one page holds a run's checkpoints
 MAX_OUTPUT_PAGES = 100
@@ -69,21 +74,13 @@ MAX_OUTPUT_PAGES = 100
 # httpx's timeouts bound each socket operation, so a server that drips one byte at a time
 # never trips them; the whole attempt is bounded too, at this multiple of the timeout.
 _ATTEMPT_DEADLINE_FACTOR = 3.0
-_MAX_QUOTED = 300  # characters of server text quoted in an error message
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-_MESSAGE_KEYS = ("message", "error_description", "detail", "error")
 
 
 def _header_safe(value: str) -> bool:
     # Visible ASCII only: anything else would make httpx raise an error that quotes the
     # header value, i.e. the secret key.
     return bool(value) and all(33 <= ord(c) <= 126 for c in value)
-
-
-def _display_url(endpoint: str) -> str:
-    """The endpoint without any user:password part, for messages."""
-    url = httpx.URL(endpoint)
-    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 class ViClient:
@@ -106,7 +103,7 @@ class ViClient:
     ) -> None:
         url = httpx.URL(endpoint)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"endpoint must be an http(s) URL, not {_display_url(endpoint)!r}")
+            raise ValueError(f"endpoint must be an http(s) URL, not {display_url(endpoint)!r}")
         if not _header_safe(organization_id):
             raise ValueError(f"organization_id {organization_id!r} is empty or has spaces")
         if not _header_safe(secret_key):
@@ -117,7 +114,7 @@ class ViClient:
             raise ValueError("max_requests_per_second must be positive")
 
         self.organization_id = organization_id
-        self.endpoint = _display_url(endpoint)
+        self.endpoint = display_url(endpoint)
         self.requests_made = 0
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
@@ -127,12 +124,8 @@ class ViClient:
         self._pace = _Pace(max_requests_per_second) if max_requests_per_second else None
         base = endpoint.rstrip("/")
         self._runs_url = f"{base}/workspaces/{quote(organization_id, safe='')}/runs"
-        self._projects_url = (
-            f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
-        )
-        ssl_verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
+        self._projects_url = f"{base}/workspaces/{quote(organization_id, safe='')}/trainingProjects"
+        ssl_verify = _tls_context(verify) if url.scheme == "https" else _NO_TLS
         self._http = httpx.AsyncClient(
             headers={
                 "Authorization": f"Bearer {secret_key}",
@@ -142,7 +135,8 @@ class ViClient:
             },
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+            transport=transport
+            or http_transport(verify=ssl_verify, max_connections=max_connections),
             verify=ssl_verify,
             follow_redirects=False,  # a redirect to another host would drop or leak the key
         )
@@ -169,8 +163,12 @@ class ViClient:
 
     # --- the API -------------------------------------------------------------------------
 
-    async def list_page(self, page_token: str | None, page_size: int) -> Page:
-        """One page of the listing, newest runs first; `page_token` None is page 1."""
+    async def list_page(
+        self, page_token: str | None, page_size: int, *, quiet: Quiet | None = None
+    ) -> Page:
+        """One page of the listing, newest runs first; `page_token` None is page 1. Runs
+        that `quiet` knows finished and unchanged are named in `Page.quiet` only
+        (see `runwatch.vi.wire`)."""
         if not 1 <= page_size <= 1000:
             raise ValueError(f"page_size must be 1..1000, not {page_size}")
         params: dict[str, str] = {"s": str(page_size)}
@@ -179,13 +177,18 @@ class ViClient:
         what = f"listing the runs of organization {self.organization_id}"
 
         async def attempt() -> Page:
-            body = await self._fetch("list", self._runs_url, params, {}, what=what)
-            return decode_page(body, organization_id=self.organization_id)
+            answer = await self._fetch("list", self._runs_url, params, {}, what=what)
+            org = self.organization_id
+            if answer is not None:
+                page = read_page(answer[1], organization_id=org, quiet=quiet)
+                if page is not None:
+                    return page
+            return decode_page(self._parsed(answer, what), organization_id=org)
 
         return await self._retry.call(attempt, what=f"list {self.organization_id}")
 
     async def list_runs(
-        self, page_size: int, *, max_pages: int = 10_000
+        self, page_size: int, *, max_pages: int = 10_000, quiet: Quiet | None = None
     ) -> AsyncGenerator[Page, None]:
         """Every page from page 1. Raises rather than end early: a repeated page token or a
         listing longer than `max_pages` is a ViBadResponseError, never an endless loop, and
@@ -195,7 +198,7 @@ class ViClient:
         token: str | None = None
         pages = 0
         while True:
-            page = await self.list_page(token, page_size)
+            page = await self.list_page(token, page_size, quiet=quiet)
             pages += 1
             yield page
             if page.next_page is None:
@@ -226,10 +229,13 @@ class ViClient:
         missing = f"run {run_id} does not exist in organization {self.organization_id}"
 
         async def attempt() -> Run | None:
-            body = await self._fetch("get", url, {}, headers, what=what, missing=missing)
-            if body is None:
+            answer = await self._fetch("get", url, {}, headers, what=what, missing=missing)
+            if answer is None:
                 return None
-            run = decode_run(body, organization_id=self.organization_id)
+            org = self.organization_id
+            run = read_run(answer[1], organization_id=org) or decode_run(
+                self._parsed(answer, what), organization_id=org
+            )
             if run.run_id != run_id:
                 raise ViBadResponseError(
                     f"the Vi API answered {what} with run {run.run_id} instead"
@@ -282,7 +288,8 @@ class ViClient:
         self, url: str, params: dict[str, str], run_id: str, what: str
     ) -> OutputsPage:
         missing = f"run {run_id} does not exist in organization {self.organization_id}"
-        body = await self._fetch("outputs", url, params, {}, what=what, missing=missing)
+        answer = await self._fetch("outputs", url, params, {}, what=what, missing=missing)
+        body = self._parsed(answer, what)
         return decode_outputs_page(
             body, organization_id=self.organization_id, run_id=run_id, mask=self._redact
         )
@@ -301,9 +308,10 @@ class ViClient:
         missing = f"training project {project_id} does not exist in organization {org}"
 
         async def attempt() -> TrainingProject | None:
-            body = await self._fetch("project", url, {}, headers, what=what, missing=missing)
-            if body is None:
+            answer = await self._fetch("project", url, {}, headers, what=what, missing=missing)
+            if answer is None:
                 return None
+            body = self._parsed(answer, what)
             return decode_training_project(
                 body, organization_id=org, project_id=project_id, mask=self._redact
             )
@@ -330,8 +338,8 @@ class ViClient:
         *,
         what: str,
         missing: str | None = None,
-    ) -> object:
-        """GET once and return the parsed JSON body (None for a 304), or raise a ViError.
+    ) -> tuple[httpx.Response, bytes] | None:
+        """GET once and return a 200 with its body (None for a 304), or raise a ViError.
         `missing` says what a 404 means ("run X does not exist in organization Y")."""
         if self._pace is not None:
             wait = self._pace.reserve(time.monotonic())
@@ -341,11 +349,13 @@ class ViClient:
         outcome = "transport"
         started = time.monotonic()
         try:
-            response, body = await asyncio.wait_for(
-                self._get(url, params, headers, what=what),
+            response, body = await _within(
+                read_capped(self._http, url, params, headers, self._max_bytes),
                 self._timeout * _ATTEMPT_DEADLINE_FACTOR,
             )
             outcome = str(response.status_code)
+        except TooLarge as exc:
+            raise self._too_big(what, str(exc)) from None
         except asyncio.CancelledError:
             outcome = "cancelled"  # a caller's deadline (enrichment's), not the API's fault
             raise
@@ -364,7 +374,7 @@ class ViClient:
                 ViBadResponseError, f"the Vi API sent an undecodable body {what}: {exc}"
             ) from exc
         except httpx.RequestError as exc:
-            untrusted = _certificate_error(exc)
+            untrusted = certificate_error(exc)
             if untrusted is not None:
                 error = self._error(
                     ViTransportError,
@@ -385,36 +395,37 @@ class ViClient:
 
         status = response.status_code
         if status == 200:
-            try:
-                return safe_json(body)
-            except (ValueError, RecursionError) as exc:
-                raise self._error(
-                    ViBadResponseError,
-                    f"the Vi API answered {what} with a body that is not JSON "
-                    f"({len(body)} bytes of "
-                    f"{response.headers.get('content-type', 'no content type')}); "
-                    f"a proxy in the way, or a truncated response",
-                    status_code=status,
-                    trace_id=_trace_id(response),
-                ) from exc
+            return response, body
         if status == 304 and "If-None-Match" in headers:
             return None
-        raise self._status_error(response, body, what=what, missing=missing)
+        raise status_error(
+            response,
+            body,
+            what=what,
+            missing=missing,
+            organization_id=self.organization_id,
+            endpoint=self.endpoint,
+            redact=self._redact,
+            clock=self._retry.clock,
+        )
 
-    async def _get(
-        self, url: str, params: dict[str, str], headers: dict[str, str], *, what: str
-    ) -> tuple[httpx.Response, bytes]:
-        """GET `url`, reading at most `max_response_bytes` of its (decoded) body."""
-        async with self._http.stream("GET", url, params=params, headers=headers) as response:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_bytes:
-                raise self._too_big(what, f"it announced {declared} bytes")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise self._too_big(what, "runwatch stopped reading there")
-            return response, bytes(body)
+    def _parsed(self, answer: tuple[httpx.Response, bytes] | None, what: str) -> object:
+        """The JSON of a 200's body, lone surrogates repaired (None for a 304)."""
+        if answer is None:
+            return None
+        response, body = answer
+        try:
+            return safe_json(body)
+        except (ValueError, RecursionError) as exc:
+            raise self._error(
+                ViBadResponseError,
+                f"the Vi API answered {what} with a body that is not JSON "
+                f"({len(body)} bytes of "
+                f"{response.headers.get('content-type', 'no content type')}); "
+                f"a proxy in the way, or a truncated response",
+                status_code=200,
+                trace_id=trace_id(response),
+            ) from exc
 
     def _too_big(self, what: str, how: str) -> ViError:
         error = self._error(
@@ -425,71 +436,6 @@ class ViClient:
         )
         error.permanent = True  # the same request brings the same body
         return error
-
-    def _status_error(
-        self, response: httpx.Response, body: bytes, *, what: str, missing: str | None
-    ) -> ViError:
-        status = response.status_code
-        org = self.organization_id
-        detail = _detail(response, body, self._redact)
-        trace = _trace_id(response)
-        kw: dict[str, object] = {"status_code": status, "trace_id": trace}
-        if status in (401, 403):
-            return self._error(
-                ViAuthError,
-                f"the Vi API rejected the secret key for organization {org} ({status}); "
-                f"check secret_key / secret_key_file{detail}",
-                **kw,
-            )
-        if status == 404:
-            if missing is not None:
-                message = f"{missing} (404){detail}"
-            else:
-                message = (
-                    f"the Vi API at {self.endpoint} does not know organization {org} (404); "
-                    f"check organization_id and endpoint{detail}"
-                )
-            return self._error(ViNotFoundError, message, **kw)
-        if status == 429:
-            wait = parse_retry_after(response.headers.get("retry-after"), now=self._retry.clock())
-            after = f", Retry-After {wait:g}s" if wait is not None else ""
-            return self._error(
-                ViRateLimitedError,
-                f"the Vi API rate-limited runwatch {what} (429{after}){detail}; "
-                f"poll less often (poll.interval) or cap poll.max_requests_per_second",
-                retry_after=wait,
-                **kw,
-            )
-        if 500 <= status <= 599:
-            wait = None
-            if status == 503:
-                wait = parse_retry_after(
-                    response.headers.get("retry-after"), now=self._retry.clock()
-                )
-            return self._error(
-                ViServerError,
-                f"the Vi API failed {what} with HTTP {status}{detail}; a fault on the API "
-                f"side, usually brief",
-                retry_after=wait,
-                **kw,
-            )
-        if 300 <= status <= 499:
-            where = response.headers.get("location")
-            hint = (
-                f"; it redirects to {_display_url(where)} — set endpoint to the final URL"
-                if where and 300 <= status <= 399
-                else "; is the endpoint really the Vi API?"
-            )
-            error = self._error(
-                ViError, f"the Vi API refused {what} with HTTP {status}{detail}{hint}", **kw
-            )
-            error.permanent = True  # the same request will be refused again
-            return error
-        return self._error(
-            ViBadResponseError,
-            f"the Vi API answered {what} with an unexpected HTTP {status}{detail}",
-            **kw,
-        )
 
     def _error(self, cls: type[ViError], message: str, **kw: object) -> ViError:
         return cls(self._redact(message), **kw)  # type: ignore[arg-type]
@@ -512,16 +458,23 @@ class _Pace:
         return max(0.0, due - self._slack - now)
 
 
-def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind a transport error, if that is what it is."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+# httpx builds a TLS context for every client, https or not, and loading a CA bundle costs
+# ~100 ms and a few MiB. A plain-http endpoint (a local simulator, a proxy on loopback) never
+# does TLS (redirects are refused), so it gets a context that trusts no one and costs nothing.
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _tls_context(verify: bool | str) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+
+
+async def _within(read: Awaitable[_T], seconds: float) -> _T:
+    """`await read`, or asyncio.TimeoutError after `seconds`. `asyncio.timeout` (3.11) runs
+    it in the caller's task; `wait_for` before 3.12 starts a task per request."""
+    if sys.version_info < (3, 11):
+        return await asyncio.wait_for(read, seconds)
+    async with asyncio.timeout(seconds):
+        return await read
 
 
 def _entity_tag(etag: str) -> str:
@@ -529,43 +482,3 @@ def _entity_tag(etag: str) -> str:
     if etag.startswith('"') or etag.startswith('W/"'):
         return etag
     return f'"{etag}"'
-
-
-def _trace_id(response: httpx.Response) -> str | None:
-    # Google's header is "TRACE_ID/SPAN_ID;o=1"; the trace id is what support asks for.
-    value = response.headers.get("x-cloud-trace-context")
-    if not value:
-        return None
-    return value.split("/", 1)[0].split(";", 1)[0].strip() or None
-
-
-def _server_message(body: bytes) -> str | None:
-    try:
-        doc = safe_json(body)
-    except (ValueError, RecursionError):
-        text = body.decode("utf-8", "replace").strip()
-        return text or None
-    if not isinstance(doc, dict):
-        return None
-    for key in _MESSAGE_KEYS:
-        value = doc.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        if key == "error" and isinstance(value, dict):
-            nested = value.get("message")
-            if isinstance(nested, str) and nested.strip():
-                return nested.strip()
-    return None
-
-
-def _detail(response: httpx.Response, body: bytes, redact: Redactor) -> str:
-    """': <server message> [trace <id>]', as much of it as the response offers, masked of
-    the secret key before it is cut to length (a cut secret is still a secret)."""
-    parts = ""
-    message = _server_message(body[: 64 * _MAX_QUOTED])
-    if message:
-        parts += f": {cut(message, _MAX_QUOTED, redact)}"
-    trace = _trace_id(response)
-    if trace:
-        parts += f" [trace {trace}]"
-    return parts

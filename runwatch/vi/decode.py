@@ -15,8 +15,12 @@ backend sends when it cuts an emoji in half) becomes U+FFFD, so no later stage (
 logging, Apprise, a socket) can fail to encode it. `safe_json` does that for a whole body.
 
 runwatch keeps up to 100,000 runs in memory, so the strings that repeat across runs
-(condition, status, flow and project names, reasons) are interned, and the hot path is
-plain dict lookups: decoding has to keep up with ~100,000 runs a second.
+(condition, status, flow and project names, reasons) are interned.
+
+Listings and Run documents are first read by `wire.py` (typed msgspec decoding from the
+bytes, several times faster); this module is the tolerant reading it falls back to for any
+body it cannot read exactly as this one would, and so the reference for what a document
+means.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from runwatch.errors import ViBadResponseError
 
 log = structlog.get_logger("runwatch.vi.decode")
 
-_intern = sys.intern
+intern = sys.intern
 _EMPTY: Mapping[str, str] = {}
 # Attribute sets repeat across runs ({"team": "vision", "owner": "alice"}); runs with the same
 # set share one read-only mapping, so 100,000 tracked runs keep a few hundred, not 100,000.
@@ -54,20 +58,30 @@ class Page:
 
     `skipped` names the items that could not be decoded: their run id, or `<item N>` when
     not even the id could be read. They are still on the server, so a caller that concludes
-    deletions from a full listing must not count them as gone.
+    deletions from a full listing must not count them as gone. `quiet` names the runs the
+    caller said it knows unchanged (`wire.read_page`): listed, not built into Runs.
     """
 
     runs: tuple[Run, ...]
     next_page: str | None
     skipped: tuple[str, ...] = ()
+    quiet: tuple[str, ...] = ()
 
 
 class _Unreadable(Exception):
     """Internal: why a document cannot be read; turned into ViBadResponseError at the edge."""
 
 
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+
+
+def has_surrogate_escape(body: bytes) -> bool:
+    """Whether `body` escapes a UTF-16 surrogate (the regex's literal prefix makes this one
+    fast scan: ~5x faster than two `in` tests of the same bytes)."""
+    return SURROGATE_ESCAPE.search(body) is not None
+
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -79,7 +93,7 @@ def safe_json(body: bytes) -> object:
     one (a surrogate pair, a legitimate emoji, is decoded whole and left alone).
     """
     doc = json.loads(body)
-    if _SURROGATE_ESCAPE.search(body) is None:
+    if not has_surrogate_escape(body):
         return doc
     return _repaired(doc)
 
@@ -120,11 +134,11 @@ def _opt_str(value: object) -> str | None:
     return value if type(value) is str else None
 
 
-def _opt_interned(value: object) -> str | None:
-    return _intern(value) if type(value) is str else None
+def opt_interned(value: object) -> str | None:
+    return intern(value) if type(value) is str else None
 
 
-def _shared_message(value: object) -> str | None:
+def shared_message(value: object) -> str | None:
     if type(value) is not str:
         return None
     shared = _SHARED_MESSAGES.get(value)
@@ -149,17 +163,17 @@ def _condition(doc: object, index: int) -> Condition:
     if type(status) is not str:
         raise _Unreadable(f"status.conditions[{index}].status is {_kind(status)}")
     return Condition(
-        condition=_intern(name),
-        status=_intern(status),
+        condition=intern(name),
+        status=intern(status),
         last_transition_time=_millis(
             doc.get("lastTransitionTime"), f"status.conditions[{index}].lastTransitionTime"
         ),
-        reason=_opt_interned(doc.get("reason")),
-        message=_shared_message(doc.get("message")),
+        reason=opt_interned(doc.get("reason")),
+        message=shared_message(doc.get("message")),
     )
 
 
-def _attributes(value: object) -> Mapping[str, str]:
+def attributes(value: object) -> Mapping[str, str]:
     if type(value) is not dict or not value:
         return _EMPTY
     key = tuple(value.items())
@@ -175,7 +189,7 @@ def _attributes(value: object) -> Mapping[str, str]:
 
 
 def _own_attributes(value: dict[str, object]) -> Mapping[str, str]:
-    return MappingProxyType({_intern(k): _intern(v) for k, v in value.items() if type(v) is str})
+    return MappingProxyType({intern(k): intern(v) for k, v in value.items() if type(v) is str})
 
 
 def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
@@ -212,12 +226,12 @@ def _run(doc: dict[str, Any], run_id: str, organization_id: str) -> Run:
         time_created=_millis(metadata.get("timeCreated"), "metadata.timeCreated"),
         last_updated=last_updated,
         generation=_opt_int(metadata.get("generation")),
-        flow_name=_opt_interned(flow.get("name")),
-        training_project=_opt_interned(project),
+        flow_name=opt_interned(flow.get("name")),
+        training_project=opt_interned(project),
         etag=_opt_str(doc.get("etag")),
         log=_opt_str(status.get("log")),
         killed_at=_opt_millis(spec.get("killedAt")),
-        attributes=_attributes(metadata.get("attributes")),
+        attributes=attributes(metadata.get("attributes")),
     )
 
 
@@ -226,7 +240,7 @@ def _run_id(doc: object) -> str | None:
     if type(doc) is not dict:
         return None
     run_id = doc.get("runId")
-    return run_id if type(run_id) is str and _RUN_ID.fullmatch(run_id) else None
+    return run_id if type(run_id) is str and RUN_ID.fullmatch(run_id) else None
 
 
 def decode_run(doc: object, *, organization_id: str) -> Run:
@@ -239,7 +253,7 @@ def decode_run(doc: object, *, organization_id: str) -> Run:
             f"{organization_id}"
         )
     try:
-        return _run(cast(dict[str, Any], doc), run_id, _intern(organization_id))
+        return _run(cast(dict[str, Any], doc), run_id, intern(organization_id))
     except _Unreadable as exc:
         raise ViBadResponseError(
             f"the Vi API sent run {run_id} of organization {organization_id} in a shape "
@@ -273,7 +287,7 @@ def decode_page(body: object, *, organization_id: str) -> Page:
             f"is {_kind(next_page)}, not a string or null"
         )
 
-    org = _intern(organization_id)
+    org = intern(organization_id)
     runs: list[Run] = []
     skipped: list[str] = []
     for index, item in enumerate(items):

@@ -56,6 +56,7 @@ from runwatch.core.transitions import (
 from runwatch.errors import ViBadResponseError, ViError, ViNotFoundError
 from runwatch.vi.client import ViClient
 from runwatch.vi.decode import Page
+from runwatch.vi.wire import Quiet
 
 log = structlog.get_logger("runwatch.vi.poller")
 
@@ -100,8 +101,14 @@ class _Walk:
     commit the newest runs, move the watermark past the ones it missed and lose them.
     """
 
-    def __init__(self, client: ViClient, fold_in: Callable[[Page], None], plan: PollPlan) -> None:
-        self._pages = client.list_runs(plan.page_size, max_pages=plan.max_pages)
+    def __init__(
+        self,
+        client: ViClient,
+        fold_in: Callable[[Page], None],
+        plan: PollPlan,
+        quiet: Quiet | None = None,
+    ) -> None:
+        self._pages = client.list_runs(plan.page_size, max_pages=plan.max_pages, quiet=quiet)
         self._fold_in = fold_in
         self.pages = 0
         self.ended = False  # reached the last page: the walk was a complete listing
@@ -178,26 +185,38 @@ async def poll_workspace(
     fold = Fold(index, workspace=workspace, baseline=plan.kind == "baseline", now_ms=now_ms)
     fetches = _Fetches(client, plan.max_concurrency)
 
+    def quiet(run_id: str) -> int | None:
+        # Exactly the runs `Fold.add` would pass over when unchanged: finished, and neither
+        # loaded nor changed this poll. Leaving them unbuilt is most of a full listing's CPU
+        # (see `runwatch.vi.wire`).
+        fp = index.finished_fingerprint(run_id)
+        if fp is None or run_id in fold.loaded or run_id in fold.view.changes:
+            return None
+        return fp
+
     def fold_in(page: Page) -> None:
-        _add(fold, page.runs, load, page.skipped)
+        # A quiet run counts as seen, as a 304 does: listed, known, unchanged.
+        _add(fold, page.runs, load, page.skipped + page.quiet)
         if flush is not None and fold.baseline and len(fold.view.changes) >= BASELINE_PART:
             flush(fold.drain())
 
     if plan.kind != "incremental":
         pages = 0
-        async for page in client.list_runs(plan.page_size, max_pages=plan.max_pages):
+        async for page in client.list_runs(
+            plan.page_size, max_pages=plan.max_pages, quiet=quiet
+        ):
             pages += 1
             fold_in(page)
         settled = await _settle_missing(fold, fetches, load, org=client.organization_id)
         return _outcome(plan.kind, fold, fetches, pages=pages, listed_whole=settled)
 
     watermark = index.newest_created(not_after=now_ms + FUTURE_SLACK_MS)
-    walk = _Walk(client, fold_in, plan)
+    walk = _Walk(client, fold_in, plan, quiet)
     try:
         # 1. the head of the listing, down past the watermark
         while not walk.ended:
             page = await walk.step()
-            if watermark is not None and any(r.time_created < watermark for r in page.runs):
+            if watermark is not None and _reaches(page, watermark, index):
                 break
 
         # 2. known unfinished runs the head did not show
@@ -223,6 +242,18 @@ async def poll_workspace(
     # Gone (404): deletions are only concluded after a complete listing.
     _add(fold, fetched, load)
     return _outcome("incremental", fold, fetches, pages=walk.pages, listed_whole=False)
+
+
+def _reaches(page: Page, watermark: int, index: RunIndex) -> bool:
+    """Whether the page shows a run created before `watermark` (a quiet run is a known one,
+    its creation time the index's: the fingerprint it matched covers it)."""
+    if any(r.time_created < watermark for r in page.runs):
+        return True
+    for run_id in page.quiet:
+        created = index.time_created(run_id)
+        if created is not None and created < watermark:
+            return True
+    return False
 
 
 def _add(fold: Fold, runs: Sequence[Run], load: Load, skipped: Sequence[str] = ()) -> None:

@@ -107,9 +107,6 @@ class RetryPolicy:
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run `fn` until it succeeds or the policy gives up; then raise its last error."""
-        jitter = tenacity.wait_random_exponential(
-            multiplier=self.initial_backoff, max=self.max_backoff
-        )
         # Time spent inside attempts, measured here rather than by tenacity's clock: with an
         # injected sleep that returns at once, tenacity's elapsed time would omit the waits.
         busy = 0.0
@@ -121,6 +118,27 @@ class RetryPolicy:
                 return await fn()
             finally:
                 busy += time.monotonic() - started
+
+        # The first attempt runs without tenacity (setting up its machinery costs ~5 % of a
+        # request's CPU, and nearly every call succeeds at once); a retryable failure is then
+        # handed to tenacity as its attempt 1, so the waits, stops and logs are the same.
+        try:
+            return await attempt()
+        except ViError as exc:
+            if not _retryable(exc) or self.max_attempts == 1:
+                raise
+            failed: ViError | None = exc
+
+        async def replay_then_attempt() -> T:
+            nonlocal failed
+            if failed is not None:
+                first, failed = failed, None
+                raise first
+            return await attempt()
+
+        jitter = tenacity.wait_random_exponential(
+            multiplier=self.initial_backoff, max=self.max_backoff
+        )
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome is not None else None
@@ -152,5 +170,5 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
-        result: T = await retrying(attempt)
+        result: T = await retrying(replay_then_attempt)
         return result
