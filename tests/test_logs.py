@@ -17,6 +17,7 @@ import apprise
 import pytest
 import structlog
 
+from runwatch.delivery.apprise_plugins import need
 from runwatch.logs import configure_logging, register_secrets, reset_logging
 
 SECRET = "vi-sk-7f3a9c1e55d04b2a"
@@ -157,8 +158,10 @@ def test_it_keeps_apprise_below_warning_silent_even_at_debug(configured: Configu
     with socket.socket() as probe:  # a loopback port that refuses connections
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    url = f"json://bot:{SECRET}@127.0.0.1:{port}/hook"
+    need(url)  # runwatch may have started Apprise's plugin manager empty in this process
     notifier = apprise.Apprise()
-    assert notifier.add(f"json://bot:{SECRET}@127.0.0.1:{port}/hook")
+    assert notifier.add(url)
     assert not notifier.notify(title="run failed", body="payload-marker-3141")
 
     records = lines(stream)

@@ -94,7 +94,10 @@ def test_it_reads_as_slack_mrkdwn_once_apprise_converts_it() -> None:
     bold and <url|text> links, nothing left of Markdown's."""
     import apprise
 
-    slack = apprise.Apprise.instantiate("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ml")
+    from runwatch.config.apprise_urls import load_service
+
+    # Through runwatch's own loader: it loads the plugin (Apprise may have started empty).
+    slack = load_service("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/#ml")
     body = slack.dialect_convert(
         render(TRANSITION, flavour=flavour_for([slack.url()])).body, apprise.NotifyFormat.MARKDOWN
     )
