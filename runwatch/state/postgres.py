@@ -37,7 +37,7 @@ import structlog
 from psycopg.rows import TupleRow
 
 from runwatch.core.model import OutboxItem, RunState
-from runwatch.errors import StoreError
+from runwatch.errors import LeaseLostError, StoreError
 from runwatch.state import postgres_runs
 from runwatch.state.postgres_leases import PostgresLeases
 from runwatch.state.postgres_mutes import PostgresMutes, PostgresSlackMessages
@@ -70,10 +70,6 @@ UPSERT_RUNS = (
         f"{c} = excluded.{c}" for c in (c.strip() for c in RUN_COLUMNS.split(",")) if c not in _KEYS
     )
 )
-
-
-class LeaseLostError(StoreError):
-    """This instance no longer holds the workspace's lease: its poll was not committed."""
 
 
 class PostgresStore:
