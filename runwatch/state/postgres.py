@@ -25,6 +25,7 @@ poll fails, nothing of it is written, the next cycle tries again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,9 @@ from runwatch.state.rows import RUN_COLUMNS, event_payload, gc_paused, run_from_
 from runwatch.state.store import OutboxStats, PollCommit, SlackMessage, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.postgres")
+# The pool's own reconnection messages repeat what each failed call already reports, once
+# per attempt; runwatch's StoreErrors say it (and what to do) once per poll.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 Cursor = psycopg.Cursor[TupleRow]
 
@@ -110,6 +114,23 @@ class PostgresStore:
         empty state.
         """
         where = describe_url(url)
+        settings: dict[str, Any] = {
+            "connect_timeout": 5,
+            "application_name": f"runwatch {instance}"[:63],
+            # A server that vanished (no RST) is noticed in seconds, not hours.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
+        # One plain connection first: a refused or wrong URL fails at once, with libpq's
+        # reason, instead of after the pool's patience.
+        try:
+            with psycopg.connect(url, **settings) as conn:
+                empty = cls._prepare(conn, where, create=create)
+        except psycopg.Error as exc:
+            raise store_error(exc, where, "connecting") from exc
 
         def configure(conn: psycopg.Connection[TupleRow]) -> None:
             conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
@@ -126,49 +147,33 @@ class PostgresStore:
                 check=psycopg_pool.ConnectionPool.check_connection,
                 reconnect_timeout=86_400.0,
                 name=f"runwatch-{instance}",
-                kwargs={
-                    "connect_timeout": 5,
-                    "application_name": f"runwatch {instance}"[:63],
-                    # A server that vanished (no RST) is noticed in seconds, not hours.
-                    "keepalives": 1,
-                    "keepalives_idle": 5,
-                    "keepalives_interval": 2,
-                    "keepalives_count": 3,
-                    "tcp_user_timeout": 10_000,
-                },
+                kwargs=settings,
             )
         )
-        try:
-            pool.open(wait=True, timeout=POOL_TIMEOUT_S * 2)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            pool.close()
-            raise store_error(exc, where, "connecting") from exc
+        pool.open(wait=False)
         store = cls(pool, where=where, instance=instance, lease_s=lease_s, monotonic=monotonic)
-        try:
-            with pool.connection() as conn:
-                if create:
-                    found = migrate(conn, where)
-                    if found < SCHEMA_VERSION:
-                        log.info("store.migrated", database=where, schema=SCHEMA_VERSION)
-                else:
-                    with conn.cursor() as cur:
-                        found = check_schema(cur, where)
-                    if found not in (0, SCHEMA_VERSION):
-                        raise StoreError(
-                            f"the state database {where} has schema {found}, and this runwatch "
-                            f"reads schema {SCHEMA_VERSION}: restart the daemon (it migrates "
-                            "the database when it starts), then try again"
-                        )
-                    store.empty = found == 0
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            pool.close()
-            raise store_error(exc, where, "opening it") from exc
-        except BaseException:
-            pool.close()
-            raise
+        store.empty = empty
         return store
 
     empty = False  # opened without `create` on a database runwatch never wrote to
+
+    @staticmethod
+    def _prepare(conn: psycopg.Connection[TupleRow], where: str, *, create: bool) -> bool:
+        """Migrate (with `create`) or check the schema; True when it holds no state yet."""
+        if create:
+            found = migrate(conn, where)
+            if found < SCHEMA_VERSION:
+                log.info("store.migrated", database=where, schema=SCHEMA_VERSION)
+            return False
+        with conn.cursor() as cur:
+            found = check_schema(cur, where)
+        if found not in (0, SCHEMA_VERSION):
+            raise StoreError(
+                f"the state database {where} has schema {found}, and this runwatch reads "
+                f"schema {SCHEMA_VERSION}: restart the daemon (it migrates the database "
+                "when it starts), then try again"
+            )
+        return found == 0
 
     @contextmanager
     def transaction(self, doing: str) -> Iterator[Cursor]:
