@@ -42,6 +42,7 @@ def fresh_schema() -> Iterator[str]:
 
 
 def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    """Read the schema behind the store's back, as an operator with psql would."""
+    """Read (or change) the schema behind the store's back, as an operator with psql would."""
     with psycopg.connect(url, autocommit=True) as conn:
-        return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+        cursor = conn.execute(sql)  # type: ignore[arg-type]
+        return list(cursor.fetchall()) if cursor.description is not None else []

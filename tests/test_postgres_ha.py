@@ -83,15 +83,18 @@ def polled(daemon: DaemonProcess, since: int = 0) -> set[str]:
     return {e["workspace"] for e in daemon.logs[since:] if e["event"] == "poll.done"}
 
 
-def test_it_spreads_workspaces_over_two_daemons_and_delivers_each_transition_once(
+def test_two_daemons_share_the_workspaces_and_a_paused_one_commits_and_sends_nothing_it_lost(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    """Two daemons share three workspaces 2 + 1, never poll one twice, send everything once."""
+    """Two daemons share three workspaces 2 + 1, never poll one twice and send everything
+    once; SIGSTOP one past its lease: the other takes its workspaces over and sends what
+    happened meanwhile, and after SIGCONT the paused one commits and sends nothing of it."""
     with fresh_schema() as url, simulators(3) as sims:
         a_cfg, b_cfg = (ha_config(tmp_path, n, sims, receiver, url) for n in ("a", "b"))
         with DaemonProcess(a_cfg) as a:
             a.wait_for_event("lease.acquired")
             with DaemonProcess(b_cfg) as b:
+                daemons = {"a": a, "b": b}
                 wait_until(
                     lambda: len(holders(url)) == 3 and set(holders(url).values()) == {"a", "b"},
                     what="the three workspaces spread over both daemons",
@@ -112,17 +115,49 @@ def test_it_spreads_workspaces_over_two_daemons_and_delivers_each_transition_onc
                 mine = {name: polled(d, since) for name, d, since in (("a", a, marks[0]),
                                                                       ("b", b, marks[1]))}
                 held = holders(url)
+                lists = [sim.request_count("list") for sim in sims]
+                polls = [
+                    sum(1 for d, since in ((a, marks[0]), (b, marks[1]))
+                        for e in d.logs[since:]
+                        if e["event"] == "poll.done" and e["workspace"] == f"ws{i}")
+                    for i in range(len(sims))
+                ]  # fmt: skip
+
+                name = held["org-0"]
+                paused, other = daemons[name], daemons["b" if name == "a" else "a"]
+                other_name = "b" if name == "a" else "a"
+                paused.signal(signal.SIGSTOP)
+                try:
+                    wait_until(lambda: holders(url).get("org-0") == other_name, 30, "takeover")
+                    during = sims[0].create_run(condition="Failed")
+                    wait_until(lambda: delivered(receiver, [during]), 30, "the paused message")
+                    mark = len(paused.logs)
+                finally:
+                    paused.signal(signal.SIGCONT)
+                lost = paused.wait_for_event("lease.lost", workspaces=lambda w: "org-0" in w)
+                # Its next cycles (whatever it holds now) come and go.
+                paused.wait_for_event("poll.done", count=len(paused.events("poll.done")) + 2)
+                after_cont = paused.logs[mark:]
+                other.wait_for_event("poll.done", count=len(other.events("poll.done")) + 1)
+
     assert mine["a"].isdisjoint(mine["b"]), mine
     assert mine["a"] | mine["b"] == {"ws0", "ws1", "ws2"}
     assert sorted(collections.Counter(held.values()).values()) == [1, 2]
-    assert tally(receiver) == {r: 1 for r in runs}
-    for i, sim in enumerate(sims):
-        polls = sum(
-            1 for d, since in ((a, marks[0]), (b, marks[1]))
-            for e in d.logs[since:] if e["event"] == "poll.done" and e["workspace"] == f"ws{i}"
-        )  # fmt: skip
-        # One listing per poll, by one daemon (and one more in flight at the stop at most).
-        assert sim.request_count("list") <= polls + 1, (i, sim.request_count("list"), polls)
+    for i, (listed, polled_) in enumerate(zip(lists, polls, strict=True)):
+        # One listing per poll, by one daemon (and one more in flight at most).
+        assert listed <= polled_ + 1, (i, listed, polled_)
+
+    assert lost["instance"].startswith(f"{name}/")
+    reacquired = [
+        i for i, e in enumerate(after_cont)
+        if e["event"] == "lease.acquired" and "org-0" in e["workspaces"]
+    ]  # fmt: skip
+    until = reacquired[0] if reacquired else len(after_cont)
+    assert not [e for e in after_cont[:until] if e["event"] == "poll.done"
+                and e["workspace"] == "ws0"]  # fmt: skip
+    assert not [e for e in after_cont if e["event"] == "delivery.sent"
+                and e["run"].endswith(during)]  # fmt: skip
+    assert tally(receiver) == {r: 1 for r in [*runs, during]}
 
 
 def test_it_takes_a_killed_daemons_workspace_over_within_two_leases_and_loses_nothing(
@@ -153,63 +188,3 @@ def test_it_takes_a_killed_daemons_workspace_over_within_two_leases_and_loses_no
     counts = tally(receiver)
     assert all(counts[r] >= 1 for r in before + after)
     assert sum(counts[r] - 1 for r in before + after) <= 1, counts
-
-
-def test_it_neither_commits_nor_sends_for_a_workspace_lost_while_paused(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    """SIGSTOP a daemon past its lease: the other takes its workspace over and sends what
-    happened meanwhile; after SIGCONT the paused one commits and sends nothing of it."""
-    with fresh_schema() as url, simulators(2) as sims:
-        cfgs = [ha_config(tmp_path, n, sims, receiver, url) for n in ("a", "b")]
-        with DaemonProcess(cfgs[0]) as a, DaemonProcess(cfgs[1]) as b:
-            daemons = {"a": a, "b": b}
-            wait_until(lambda: set(holders(url).values()) == {"a", "b"}, what="one each")
-            name = holders(url)["org-0"]
-            paused, other = daemons[name], daemons["b" if name == "a" else "a"]
-            paused.signal(signal.SIGSTOP)
-            try:
-                wait_until(lambda: holders(url).get("org-0") == other_name(name), 30, "takeover")
-                during = sims[0].create_run(condition="Failed")
-                wait_until(lambda: delivered(receiver, [during]), 30, "the message of the pause")
-                mark = len(paused.logs)
-            finally:
-                paused.signal(signal.SIGCONT)
-            lost = paused.wait_for_event("lease.lost", workspaces=lambda w: "org-0" in w)
-            # Its next cycles (whatever it holds now) come and go.
-            paused.wait_for_event("poll.done", count=len(paused.events("poll.done")) + 2)
-            after_cont = paused.logs[mark:]
-            other.wait_for_event("poll.done", count=len(other.events("poll.done")) + 1)
-    assert lost["instance"].startswith(f"{name}/")
-    reacquired = [
-        i for i, e in enumerate(after_cont)
-        if e["event"] == "lease.acquired" and "org-0" in e["workspaces"]
-    ]  # fmt: skip
-    until = reacquired[0] if reacquired else len(after_cont)
-    assert not [e for e in after_cont[:until] if e["event"] == "poll.done"
-                and e["workspace"] == "ws0"]  # fmt: skip
-    assert tally(receiver)[during] == 1
-    assert not [e for e in after_cont if e["event"] == "delivery.sent"
-                and e["run"].endswith(during)]  # fmt: skip
-
-
-def other_name(name: str) -> str:
-    return "b" if name == "a" else "a"
-
-
-def test_a_daemon_waits_for_an_unreachable_database_and_never_shows_its_password(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    """A database that cannot be reached at start-up is waited for, logged without the URL's
-    password; SIGTERM then stops the daemon cleanly."""
-    with simulators(1) as sims:
-        cfg = ha_config(tmp_path, "a", sims, receiver, "postgresql://runwatch:hunter2secret"
-                        "@127.0.0.1:1/runwatch")  # fmt: skip
-        started = time.monotonic()
-        with DaemonProcess(cfg) as daemon:
-            event = daemon.wait_for_event("store.unreachable", count=2)
-            daemon.signal(signal.SIGTERM)
-            assert daemon.wait(20) == 0
-    assert time.monotonic() - started >= 1.0  # it waited (1 s) between the two attempts
-    assert "127.0.0.1:1/runwatch" in event["error"]
-    assert "hunter2secret" not in daemon.stderr

@@ -1,4 +1,5 @@
-"""The state store against real SQLite files in tmp_path."""
+"""The state store against real SQLite files in tmp_path; the contract tests (`any_store`)
+also against PostgreSQL."""
 
 from __future__ import annotations
 
@@ -85,6 +86,23 @@ def store(db: Path) -> Iterator[SqliteStore]:
         yield s
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, db: Path) -> Iterator[Any]:
+    """The store contract, on each backend: SQLite, and PostgreSQL in a schema of its own
+    (holding the leases of the organizations these tests commit for)."""
+    if request.param == "sqlite":
+        with SqliteStore.open(db, clock=lambda: T0 / 1000) as s:
+            yield s
+        return
+    from pg import fresh_schema
+
+    from runwatch.state.postgres import PostgresStore
+
+    with fresh_schema() as url, PostgresStore.open(url, instance="test/1") as pg:
+        pg.leases.tick([ORG, "a", "b"], 30.0)
+        yield pg
+
+
 @contextmanager
 def read_only(path: Path) -> Iterator[None]:
     """Make `path` unwritable for this process: chmod, or `chattr +i` when running as root."""
@@ -152,7 +170,8 @@ def test_it_keeps_state_across_a_reopen(db: Path) -> None:
     assert payload["run_id"] == "r1"
 
 
-def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
+def test_it_round_trips_every_run_state_field(any_store: Any) -> None:
+    store = any_store
     """Every field of RunState comes back as it was written, including absent ones."""
     assert {f.name for f in dataclasses.fields(RunState)} == RUN_STATE_FIELDS
     full = RunState(
@@ -179,7 +198,8 @@ def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
     assert store.load_runs(ORG) == {"full": full, "bare": bare}
 
 
-def test_it_updates_runs_and_keeps_tombstones_apart(store: SqliteStore) -> None:
+def test_it_updates_runs_and_keeps_tombstones_apart(any_store: Any) -> None:
+    store = any_store
     """A later commit replaces a run's state; a tombstone leaves the live runs, kept aside."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("a"), run("b")]))
     tomb = dataclasses.replace(run("b"), deleted_at=T0 + 1)
@@ -197,7 +217,8 @@ def test_it_updates_runs_and_keeps_tombstones_apart(store: SqliteStore) -> None:
     assert [s.run_id for s in store.tracked_runs()] == ["a"]
 
 
-def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
+def test_it_keeps_workspace_bookkeeping(any_store: Any) -> None:
+    store = any_store
     """Baseline and full-listing times only move when the commit says so; failures are noted."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, baseline=True))
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0 + 10, full_listing=True))
@@ -214,7 +235,8 @@ def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
     assert store.workspace("org-never-polled").baselined_at is None
 
 
-def test_it_lists_tracked_runs_by_organization_newest_first(store: SqliteStore) -> None:
+def test_it_lists_tracked_runs_by_organization_newest_first(any_store: Any) -> None:
+    store = any_store
     """`runwatch runs` sees every organization, each with its newest run first."""
     store.commit_poll(
         PollCommit(organization_id="b", polled_at=T0, upserts=[run("b1", org="b", at=T0)])
@@ -254,7 +276,8 @@ def test_it_does_not_enqueue_an_event_already_recorded(db: Path) -> None:
     assert query(db, "SELECT count(*) FROM events") == [(1,)]
 
 
-def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
+def test_it_enqueues_an_event_once_per_channel(any_store: Any) -> None:
+    store = any_store
     """Two items for the same event and channel in one commit make one row."""
     ev = event("r1", "Failed", T0)
     commit = PollCommit(
@@ -268,7 +291,8 @@ def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
     assert row is not None and row.title == "first"
 
 
-def test_it_enqueues_alerts_once_per_key_and_channel(store: SqliteStore) -> None:
+def test_it_enqueues_alerts_once_per_key_and_channel(any_store: Any) -> None:
+    store = any_store
     """Messages that belong to no poll go in through `enqueue`, once per key and channel."""
     alert = OutboxItem(
         event_key="alert/channel:slack/down/1",
@@ -284,7 +308,8 @@ def test_it_enqueues_alerts_once_per_key_and_channel(store: SqliteStore) -> None
     assert store.outbox_stats(T0).pending_by_channel == {"oncall": 1}
 
 
-def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
+def test_it_commits_a_poll_atomically(any_store: Any) -> None:
+    store = any_store
     """A commit that fails at its last statement leaves no run, event or row behind."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("r1")]))
     ev = event("r1", "Failed", T0 + 1)
@@ -315,7 +340,8 @@ def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
     )
 
 
-def test_it_serves_each_lane_oldest_first(store: SqliteStore) -> None:
+def test_it_serves_each_lane_oldest_first(any_store: Any) -> None:
+    store = any_store
     """Each lane's pending rows come oldest first, and a row waiting to retry stays first."""
     events = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
     for i, ev in enumerate(events):

@@ -44,7 +44,7 @@ def run(config: Config, config_path: Path) -> int:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
         with contextlib.ExitStack() as stack:
-            store = await _open_waiting(config, stop, stack)
+            store = await open_waiting(config, stop, stack)
             if store is None:
                 return False
             daemon = ha_daemon(config, store, notifier=Notifier())
@@ -75,7 +75,7 @@ def run(config: Config, config_path: Path) -> int:
     return EX_OK
 
 
-async def _open_waiting(
+async def open_waiting(
     config: Config, stop: asyncio.Event, stack: contextlib.ExitStack
 ) -> AnyStore | None:
     """The writer's store (closed with `stack`), once it can be opened; None when stopped
