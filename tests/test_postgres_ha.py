@@ -12,7 +12,6 @@ import collections
 import contextlib
 import re
 import signal
-import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
