@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from runwatch.clock import Clock
+from runwatch.errors import StoreError
 from runwatch.service.metrics import Metrics
 from runwatch.state.store import StateStore
 
@@ -112,7 +113,10 @@ class StatusBoard:
             self._metrics.runs_watched.labels(name).set(runs)
             if name in self.last_success:
                 self._metrics.last_success.labels(name).set(self.last_success[name] / 1000)
-        stats = self._store.outbox_stats(self.now_ms())
+        try:
+            stats = self._store.outbox_stats(self.now_ms())
+        except StoreError:  # a database out of reach: the gauges keep their last values
+            return
         self._metrics.outbox_depth.set(stats.pending)
         self._metrics.oldest_pending.set(stats.oldest_pending_age)
 

@@ -106,6 +106,7 @@ class PostgresStore:
         lease_s: float = 30.0,
         create: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
+        pool_timeout: float = POOL_TIMEOUT_S,
     ) -> PostgresStore:
         """Connect (and with `create`, migrate) the state at `url`, or raise StoreError.
 
@@ -142,7 +143,7 @@ class PostgresStore:
                 min_size=1,
                 max_size=4,
                 open=False,
-                timeout=POOL_TIMEOUT_S,
+                timeout=pool_timeout,
                 configure=configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
                 reconnect_timeout=86_400.0,
