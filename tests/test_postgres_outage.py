@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from harness import FakeClock, write_config
+from harness import FakeClock, wait_until, write_config
 from pg import fresh_schema
 from receiver import Receiver
 from tcp_proxy import TcpProxy
@@ -64,8 +64,8 @@ async def test_a_lost_database_fails_polls_and_health_and_loses_no_event(
             assert await daemon.poll_cycle() == []  # no lease held: nothing polled
 
             proxy.restore()
-            tick = keeper.tick()
-            assert tick is not None and sim.organization_id in tick.held
+            wait_until(lambda: keeper.tick() is not None, 60, "a renewal once it is back")
+            assert keeper.holds(sim.organization_id)
             [report] = await daemon.poll_cycle()
             assert report.ok and report.events == 1
             assert await daemon.deliver_once() == 1

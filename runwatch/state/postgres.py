@@ -146,7 +146,9 @@ class PostgresStore:
                 timeout=pool_timeout,
                 configure=configure,
                 check=psycopg_pool.ConnectionPool.check_connection,
-                reconnect_timeout=86_400.0,
+                # A connection that keeps failing is given up on after this, so its backoff
+                # never grows past it: once the database is back, the next call reconnects.
+                reconnect_timeout=30.0,
                 name=f"runwatch-{instance}",
                 kwargs=settings,
             )
