@@ -620,3 +620,66 @@ def test_it_migrates_a_schema_1_file_and_reads_one_without_changing_it(db: Path)
         runs = store.load_runs(ORG)
     assert runs["old"].latest == cond("Running", T0 + 5)
     assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_it_keeps_mutes_slack_message_ids_and_meta(any_store: Any) -> None:
+    """Mutes are active until they end or are removed; a Slack message id and a meta value
+    are replaced by a later write."""
+    from runwatch.core.mutes import Mute
+    from runwatch.state.store import SlackMessage
+
+    store = any_store
+    first = store.mutes.add(Mute(runs=("r1",), created_at=T0, until=T0 + 10, who="alice"))
+    second = store.mutes.add(
+        Mute(flows=("yolo-*",), channel="slack", created_at=T0, until=T0 + 20, reason="noisy")
+    )
+    assert second.id > first.id
+    assert store.mutes.active(T0) == [first, second]
+    assert store.mutes.active(T0 + 15) == [second]
+    assert store.mutes.remove([second.id, 999], T0 + 1) == 1
+    assert store.mutes.active(T0 + 1) == [first]
+    assert store.mutes.remove_all(T0 + 2) == 1 and store.mutes.active(T0 + 2) == []
+
+    message = SlackMessage(channel="slack", run_key=f"{ORG}/r1", incarnation=T0,
+                           destination="#ml", slack_channel="C1", ts="1.1", posted_at=T0,
+                           updated_at=T0)  # fmt: skip
+    assert store.slack_message("slack", f"{ORG}/r1", T0) is None
+    store.set_slack_message(message)
+    store.set_slack_message(dataclasses.replace(message, updated_at=T0 + 5))
+    assert store.slack_message("slack", f"{ORG}/r1", T0) == dataclasses.replace(
+        message, updated_at=T0 + 5
+    )
+    assert store.slack_message("slack", f"{ORG}/r1", T0 + 1) is None
+
+    assert store.get_meta("k") is None
+    store.set_meta("k", "1")
+    store.set_meta("k", "2")
+    assert store.get_meta("k") == "2"
+
+
+def test_it_counts_and_lists_runs_for_the_operator(any_store: Any) -> None:
+    """`status` counts tracked and unfinished runs per organization; `runs` lists the newest
+    change first, filtered by activity or a condition glob."""
+    store = any_store
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=T0,
+            upserts=[
+                run("a", "Running", T0),
+                run("b", "Failed", T0 + 2),
+                run("c", "Succeeded", T0 + 1),
+                dataclasses.replace(run("d"), deleted_at=T0),
+            ],
+        )
+    )
+    terminal = frozenset({"Failed", "Succeeded"})
+    assert store.run_counts(terminal) == {ORG: (3, 1)}
+    runs, total = store.latest_runs(terminal=terminal, limit=2)
+    assert [r.run_id for r in runs] == ["b", "c"] and total == 3
+    assert [r.run_id for r in store.latest_runs(terminal=terminal, active=True)[0]] == ["a"]
+    assert [r.run_id for r in store.latest_runs(terminal=terminal, condition="*ed")[0]] == [
+        "b",
+        "c",
+    ]
+    assert store.latest_runs(terminal=terminal, condition="Nope*") == ([], 0)

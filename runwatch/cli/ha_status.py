@@ -59,7 +59,7 @@ def ha_report(config: Config, store: AnyStore | None) -> dict[str, Any] | None:
 def print_ha(report: dict[str, Any], out: TextIO) -> None:
     instances = report["instances"]
     alive = [i for i in instances if i["alive"]]
-    print(f"instances: {len(alive)} alive" + ("" if instances else " (none has run yet)"),
+    print(f"instances: {len(alive)} alive" + ("" if alive else " (none is running)"),
           file=out)  # fmt: skip
     for i in instances:
         state = "alive" if i["alive"] else "gone"
