@@ -225,3 +225,15 @@ def test_the_test_server_is_postgresql_15_or_newer() -> None:
     with fresh_schema() as u, psycopg.connect(u) as conn:
         row = conn.execute("SHOW server_version_num").fetchone()
     assert row is not None and int(row[0]) >= 150000
+
+
+def test_it_names_a_database_by_host_port_and_name_only() -> None:
+    """What logs, errors and `status` show of a state URL: never its user or password."""
+    from runwatch.state.postgres_schema import describe_url
+
+    assert describe_url("postgresql://u:pw@db.x:6543/rw?sslmode=require&password=zz") == (
+        "postgresql://db.x:6543/rw"
+    )
+    assert describe_url("postgresql:///rw?host=/run/postgresql") == (
+        "postgresql:///run/postgresql:5432/rw"
+    )

@@ -155,11 +155,12 @@ def describe_url(url: str) -> str:
     password (a URL's userinfo or ?password= never reaches a log, an error or `status`)."""
     try:
         parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or "localhost"
-        port = parts.port or 5432
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        host = parts.hostname or query.get("host") or "localhost"
+        port = parts.port or query.get("port") or 5432
     except ValueError:
         return "postgresql://(unparsable URL)"
-    name = parts.path.lstrip("/") or "(default database)"
+    name = parts.path.lstrip("/") or query.get("dbname") or "(default database)"
     return f"postgresql://{host}:{port}/{name}"
 
 
