@@ -12,6 +12,12 @@ in flight gets `SHUTDOWN_GRACE_S` to finish; what is not delivered stays pending
 outbox for the next start. Reload (SIGHUP): a validated configuration is swapped in between
 cycles; state and pending rows carry over. A rejected one changes nothing, and every STATUS=
 says so until a reload is accepted.
+
+Several instances (a PostgreSQL state): a `LeaseKeeper` says which workspaces this one
+polls (the cycle skips the others, and `/healthz` judges only those, plus whether the
+database could be reached within a lease); senders are fenced by the outbox's lane claims,
+so a paused instance sends nothing another has taken over. Leases are released at a clean
+stop, after the last delivery.
 """
 
 from __future__ import annotations

@@ -50,8 +50,11 @@ class StatusBoard:
         return int(self._clock.time() * 1000)
 
     def remember_success(self, workspace: str, at_ms: int) -> None:
-        """A success known from before (the store), unless a newer one is known already."""
-        self.last_success.setdefault(workspace, at_ms)
+        """A success known from before (the store), unless a newer one is known already
+        (another instance's, for a workspace taken over, may be newer than this one's)."""
+        known = self.last_success.get(workspace)
+        if known is None or at_ms > known:
+            self.last_success[workspace] = at_ms
 
     def reload_done(self, problems: Sequence[str] | None, at_ms: int) -> None:
         """Remember how the last reload went: None for accepted, else its problems."""
