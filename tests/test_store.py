@@ -215,6 +215,8 @@ def test_it_updates_runs_and_keeps_tombstones_apart(any_store: Any) -> None:
     assert runs["a"].latest == cond("Succeeded", T0 + 1)
     assert store.load_tombstones(ORG) == {"b": tomb}
     assert [s.run_id for s in store.tracked_runs()] == ["a"]
+    assert list(store.iter_runs(ORG)) == [runs["a"]]
+    assert store.load_run_states(ORG, ["a", "b", "zz"]) == {"a": runs["a"]}
 
 
 def test_it_keeps_workspace_bookkeeping(any_store: Any) -> None:

@@ -242,7 +242,21 @@ class PostgresStore:
         return {run.run_id: run for run in runs}
 
     def iter_runs(self, organization_id: str) -> Iterator[RunState]:
-        yield from self.load_runs(organization_id).values()
+        """Every tracked run of a workspace, 1,000 at a time through a server-side cursor:
+        building the index of 100,000 runs never holds them all at once (as with SQLite)."""
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor(
+                name="runwatch_runs"
+            ) as cur, gc_paused():
+                cur.itersize = 1_000
+                cur.execute(
+                    f"SELECT {RUN_COLUMNS} FROM runs "
+                    "WHERE organization_id = %s AND deleted_at IS NULL",
+                    (organization_id,),
+                )
+                yield from map(run_from_row, cur)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise store_error(exc, self.where, "reading runs") from exc
 
     def load_run_states(self, organization_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
         runs = self._select_runs(
