@@ -237,3 +237,26 @@ def test_it_names_a_database_by_host_port_and_name_only() -> None:
     assert describe_url("postgresql:///rw?host=/run/postgresql") == (
         "postgresql:///run/postgresql:5432/rw"
     )
+
+
+def test_each_instance_keeps_its_own_alert_state_and_adopts_a_migrated_one(url: str) -> None:
+    """Instances decide self-alerts from what each sees, so each keeps its own state; one
+    without a state yet starts from the single-instance one (`migrate-state` copies it), and
+    `status` reads them all."""
+    import json
+
+    from runwatch.cli.ha_status import alert_states
+    from runwatch.core.alerts import AlertState
+    from runwatch.service.self_alerts import ALERTS_META_KEY, SelfAlerts, instance_key
+
+    def state(**down: int) -> str:
+        return json.dumps(AlertState(down=down).to_json())
+
+    with stores(url, "a") as (store,):
+        store.set_meta(ALERTS_META_KEY, state(**{"workspace:prod": T0}))
+        store.set_meta(instance_key("b"), state(**{"channel:ops": T0 + 1}))
+        assert SelfAlerts(store, key=instance_key("a")).state.down == {"workspace:prod": T0}
+        assert SelfAlerts(store, key=instance_key("b")).state.down == {"channel:ops": T0 + 1}
+        assert sorted(alert_states(store)) == sorted(
+            [state(**{"workspace:prod": T0}), state(**{"channel:ops": T0 + 1})]
+        )

@@ -8,8 +8,17 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from runwatch.config.settings import Config
+from runwatch.service.self_alerts import ALERTS_META_KEY
 from runwatch.state.open import AnyStore, instance_of
 from runwatch.state.sqlite import SqliteStore
+
+
+def alert_states(store: AnyStore) -> list[str]:
+    """The stored self-alert states: the one of a single instance, and each instance's."""
+    texts = [store.get_meta(ALERTS_META_KEY)]
+    if not isinstance(store, SqliteStore):
+        texts += store.meta_with_prefix(ALERTS_META_KEY + "/").values()
+    return [t for t in texts if t]
 
 
 def _iso(at: datetime) -> str:

@@ -15,14 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from runwatch.cli.ha_status import ha_report, print_ha
+from runwatch.cli.ha_status import alert_states, ha_report, print_ha
 from runwatch.cli.state_access import ago, cut, iso, now_ms, read, span, table, write
 from runwatch.config.settings import Config
 from runwatch.core.alerts import AlertState
 from runwatch.core.mutes import Mute
 from runwatch.core.transitions import terminal_conditions
 from runwatch.delivery import quiet_hours
-from runwatch.service.self_alerts import ALERTS_META_KEY
 from runwatch.service.status import MIN_STALE_AFTER_S
 from runwatch.state.open import AnyStore, where
 from runwatch.state.store import OutboxRow
@@ -141,16 +140,16 @@ def _failing(store: AnyStore | None, now: int) -> list[dict[str, Any]]:
     """Channels the stored alert state has down, and channels whose pending rows keep failing."""
     if store is None:
         return []
-    text = store.get_meta(ALERTS_META_KEY)
-    try:
-        state = AlertState.from_json(json.loads(text) if text else None)
-    except ValueError:
-        state = AlertState()
     failing: dict[str, dict[str, Any]] = {}
-    for subject, alerted_ms in state.down.items():
-        kind, _, name = subject.partition(":")
-        if kind == "channel":
-            failing[name] = {"channel": name, "alerted_at": iso(alerted_ms)}
+    for text in alert_states(store):  # (several instances keep one each)
+        try:
+            state = AlertState.from_json(json.loads(text))
+        except ValueError:
+            state = AlertState()
+        for subject, alerted_ms in sorted(state.down.items(), key=lambda kv: kv[1]):
+            kind, _, name = subject.partition(":")
+            if kind == "channel" and name not in failing:
+                failing[name] = {"channel": name, "alerted_at": iso(alerted_ms)}
     for row in store.outbox.rows(states=("pending",), limit=SCANNED):
         if row.attempts and row.last_error:
             entry = failing.setdefault(row.channel, {"channel": row.channel, "alerted_at": None})

@@ -41,7 +41,7 @@ from runwatch.service.cycle import PollCycle
 from runwatch.service.leases import LeaseKeeper
 from runwatch.service.metrics import Metrics
 from runwatch.service.sdnotify import Notifier
-from runwatch.service.self_alerts import SelfAlerts
+from runwatch.service.self_alerts import ALERTS_META_KEY, SelfAlerts, instance_key
 from runwatch.service.status import PollReport, StatusBoard
 from runwatch.state.store import Lane, StateStore
 
@@ -101,7 +101,9 @@ class Daemon:
             on_progress=self.heartbeat.beat,
             leases=leases,
         )
-        self.alerts = SelfAlerts(store)
+        self.alerts = SelfAlerts(
+            store, key=ALERTS_META_KEY if leases is None else instance_key(config.ha.instance)
+        )
         self.cycles = 0  # completed poll cycles
         self.delivery_abandoned = False  # a send outlived SHUTDOWN_GRACE_S at the last stop
         self._sent_to: set[str] = set()  # channels with a successful send since start

@@ -453,6 +453,14 @@ class PostgresStore:
         with self.transaction("writing meta") as cur:
             _put_meta(cur, key, value)
 
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta value whose key starts with `prefix` (each instance's alert state)."""
+        with self.transaction("reading meta") as cur:
+            cur.execute(
+                "SELECT key, value FROM meta WHERE starts_with(key, %s) ORDER BY key", (prefix,)
+            )
+            return {str(k): str(v) for k, v in cur.fetchall()}
+
 
 def _put_meta(cur: Cursor, key: str, value: str) -> None:
     cur.execute(
