@@ -152,8 +152,12 @@ def test_two_daemons_share_the_workspaces_and_a_paused_one_commits_and_sends_not
         if e["event"] == "lease.acquired" and "org-0" in e["workspaces"]
     ]  # fmt: skip
     until = reacquired[0] if reacquired else len(after_cont)
-    assert not [e for e in after_cont[:until] if e["event"] == "poll.done"
-                and e["workspace"] == "ws0"]  # fmt: skip
+    polls = [e for e in after_cont[:until] if e["event"] == "poll.done"]
+    # A poll committed just before SIGSTOP (the lease still its own) may be logged just after
+    # SIGCONT: that one at most. One started later would recur every cycle; one in flight
+    # would be refused by the commit's fence (tests/test_postgres_store.py proves that).
+    late = [e for e in polls if e["workspace"] == "ws0"]
+    assert len(late) <= 1, [(e["event"], e.get("workspace")) for e in after_cont]
     assert not [e for e in after_cont if e["event"] == "delivery.sent"
                 and e["run"].endswith(during)]  # fmt: skip
     assert tally(receiver) == {r: 1 for r in [*runs, during]}
