@@ -3,7 +3,9 @@
     RunwatchError
     ├── ConfigError            the configuration is invalid (exit 78); holds every problem
     ├── StoreError             the state database cannot be used (corrupt, newer schema,
-    │                          read-only, disk full); never "fixed" by resetting state
+    │   │                      read-only, disk full, unreachable); never "fixed" by resetting
+    │   └── LeaseLostError       PostgreSQL: this instance no longer holds the workspace's
+    │                            lease, so its poll was not committed (another one polls it)
     └── ViError                a call to the Vi API failed; `.permanent` says if retrying helps
         ├── ViAuthError          401/403: the secret key or organization id was rejected
         ├── ViNotFoundError      404: the run (or organization) does not exist
@@ -37,6 +39,10 @@ class ConfigError(RunwatchError):
 
 class StoreError(RunwatchError):
     """The state database cannot be opened or written."""
+
+
+class LeaseLostError(StoreError):
+    """This instance no longer holds the workspace's lease: its poll was not committed."""
 
 
 class ViError(RunwatchError):

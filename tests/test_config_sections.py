@@ -178,7 +178,7 @@ def test_it_reads_a_postgresql_url_with_the_password_from_the_environment(tmp_pa
         in lines
     )
     assert not any(PG_PASSWORD in line for line in lines)
-    with pytest.raises(ConfigError, match="PostgreSQL state is not supported yet"):
+    with pytest.raises(ConfigError, match="the state is in PostgreSQL"):
         config.state.sqlite_path()
 
 

@@ -1,4 +1,5 @@
-"""The state store against real SQLite files in tmp_path."""
+"""The state store against real SQLite files in tmp_path; the contract tests (`any_store`)
+also against PostgreSQL."""
 
 from __future__ import annotations
 
@@ -85,6 +86,23 @@ def store(db: Path) -> Iterator[SqliteStore]:
         yield s
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, db: Path) -> Iterator[Any]:
+    """The store contract, on each backend: SQLite, and PostgreSQL in a schema of its own
+    (holding the leases of the organizations these tests commit for)."""
+    if request.param == "sqlite":
+        with SqliteStore.open(db, clock=lambda: T0 / 1000) as s:
+            yield s
+        return
+    from pg import fresh_schema
+
+    from runwatch.state.postgres import PostgresStore
+
+    with fresh_schema() as url, PostgresStore.open(url, instance="test/1") as pg:
+        pg.leases.tick([ORG, "a", "b"], 30.0)
+        yield pg
+
+
 @contextmanager
 def read_only(path: Path) -> Iterator[None]:
     """Make `path` unwritable for this process: chmod, or `chattr +i` when running as root."""
@@ -152,7 +170,8 @@ def test_it_keeps_state_across_a_reopen(db: Path) -> None:
     assert payload["run_id"] == "r1"
 
 
-def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
+def test_it_round_trips_every_run_state_field(any_store: Any) -> None:
+    store = any_store
     """Every field of RunState comes back as it was written, including absent ones."""
     assert {f.name for f in dataclasses.fields(RunState)} == RUN_STATE_FIELDS
     full = RunState(
@@ -179,7 +198,8 @@ def test_it_round_trips_every_run_state_field(store: SqliteStore) -> None:
     assert store.load_runs(ORG) == {"full": full, "bare": bare}
 
 
-def test_it_updates_runs_and_keeps_tombstones_apart(store: SqliteStore) -> None:
+def test_it_updates_runs_and_keeps_tombstones_apart(any_store: Any) -> None:
+    store = any_store
     """A later commit replaces a run's state; a tombstone leaves the live runs, kept aside."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("a"), run("b")]))
     tomb = dataclasses.replace(run("b"), deleted_at=T0 + 1)
@@ -195,9 +215,12 @@ def test_it_updates_runs_and_keeps_tombstones_apart(store: SqliteStore) -> None:
     assert runs["a"].latest == cond("Succeeded", T0 + 1)
     assert store.load_tombstones(ORG) == {"b": tomb}
     assert [s.run_id for s in store.tracked_runs()] == ["a"]
+    assert list(store.iter_runs(ORG)) == [runs["a"]]
+    assert store.load_run_states(ORG, ["a", "b", "zz"]) == {"a": runs["a"]}
 
 
-def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
+def test_it_keeps_workspace_bookkeeping(any_store: Any) -> None:
+    store = any_store
     """Baseline and full-listing times only move when the commit says so; failures are noted."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, baseline=True))
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0 + 10, full_listing=True))
@@ -214,7 +237,8 @@ def test_it_keeps_workspace_bookkeeping(store: SqliteStore) -> None:
     assert store.workspace("org-never-polled").baselined_at is None
 
 
-def test_it_lists_tracked_runs_by_organization_newest_first(store: SqliteStore) -> None:
+def test_it_lists_tracked_runs_by_organization_newest_first(any_store: Any) -> None:
+    store = any_store
     """`runwatch runs` sees every organization, each with its newest run first."""
     store.commit_poll(
         PollCommit(organization_id="b", polled_at=T0, upserts=[run("b1", org="b", at=T0)])
@@ -254,7 +278,8 @@ def test_it_does_not_enqueue_an_event_already_recorded(db: Path) -> None:
     assert query(db, "SELECT count(*) FROM events") == [(1,)]
 
 
-def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
+def test_it_enqueues_an_event_once_per_channel(any_store: Any) -> None:
+    store = any_store
     """Two items for the same event and channel in one commit make one row."""
     ev = event("r1", "Failed", T0)
     commit = PollCommit(
@@ -268,7 +293,8 @@ def test_it_enqueues_an_event_once_per_channel(store: SqliteStore) -> None:
     assert row is not None and row.title == "first"
 
 
-def test_it_enqueues_alerts_once_per_key_and_channel(store: SqliteStore) -> None:
+def test_it_enqueues_alerts_once_per_key_and_channel(any_store: Any) -> None:
+    store = any_store
     """Messages that belong to no poll go in through `enqueue`, once per key and channel."""
     alert = OutboxItem(
         event_key="alert/channel:slack/down/1",
@@ -284,7 +310,8 @@ def test_it_enqueues_alerts_once_per_key_and_channel(store: SqliteStore) -> None
     assert store.outbox_stats(T0).pending_by_channel == {"oncall": 1}
 
 
-def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
+def test_it_commits_a_poll_atomically(any_store: Any) -> None:
+    store = any_store
     """A commit that fails at its last statement leaves no run, event or row behind."""
     store.commit_poll(PollCommit(organization_id=ORG, polled_at=T0, upserts=[run("r1")]))
     ev = event("r1", "Failed", T0 + 1)
@@ -315,7 +342,8 @@ def test_it_commits_a_poll_atomically(store: SqliteStore) -> None:
     )
 
 
-def test_it_serves_each_lane_oldest_first(store: SqliteStore) -> None:
+def test_it_serves_each_lane_oldest_first(any_store: Any) -> None:
+    store = any_store
     """Each lane's pending rows come oldest first, and a row waiting to retry stays first."""
     events = [event(f"r{i}", "Failed", T0 + i) for i in range(3)]
     for i, ev in enumerate(events):
@@ -594,3 +622,66 @@ def test_it_migrates_a_schema_1_file_and_reads_one_without_changing_it(db: Path)
         runs = store.load_runs(ORG)
     assert runs["old"].latest == cond("Running", T0 + 5)
     assert query(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_it_keeps_mutes_slack_message_ids_and_meta(any_store: Any) -> None:
+    """Mutes are active until they end or are removed; a Slack message id and a meta value
+    are replaced by a later write."""
+    from runwatch.core.mutes import Mute
+    from runwatch.state.store import SlackMessage
+
+    store = any_store
+    first = store.mutes.add(Mute(runs=("r1",), created_at=T0, until=T0 + 10, who="alice"))
+    second = store.mutes.add(
+        Mute(flows=("yolo-*",), channel="slack", created_at=T0, until=T0 + 20, reason="noisy")
+    )
+    assert second.id > first.id
+    assert store.mutes.active(T0) == [first, second]
+    assert store.mutes.active(T0 + 15) == [second]
+    assert store.mutes.remove([second.id, 999], T0 + 1) == 1
+    assert store.mutes.active(T0 + 1) == [first]
+    assert store.mutes.remove_all(T0 + 2) == 1 and store.mutes.active(T0 + 2) == []
+
+    message = SlackMessage(channel="slack", run_key=f"{ORG}/r1", incarnation=T0,
+                           destination="#ml", slack_channel="C1", ts="1.1", posted_at=T0,
+                           updated_at=T0)  # fmt: skip
+    assert store.slack_message("slack", f"{ORG}/r1", T0) is None
+    store.set_slack_message(message)
+    store.set_slack_message(dataclasses.replace(message, updated_at=T0 + 5))
+    assert store.slack_message("slack", f"{ORG}/r1", T0) == dataclasses.replace(
+        message, updated_at=T0 + 5
+    )
+    assert store.slack_message("slack", f"{ORG}/r1", T0 + 1) is None
+
+    assert store.get_meta("k") is None
+    store.set_meta("k", "1")
+    store.set_meta("k", "2")
+    assert store.get_meta("k") == "2"
+
+
+def test_it_counts_and_lists_runs_for_the_operator(any_store: Any) -> None:
+    """`status` counts tracked and unfinished runs per organization; `runs` lists the newest
+    change first, filtered by activity or a condition glob."""
+    store = any_store
+    store.commit_poll(
+        PollCommit(
+            organization_id=ORG,
+            polled_at=T0,
+            upserts=[
+                run("a", "Running", T0),
+                run("b", "Failed", T0 + 2),
+                run("c", "Succeeded", T0 + 1),
+                dataclasses.replace(run("d"), deleted_at=T0),
+            ],
+        )
+    )
+    terminal = frozenset({"Failed", "Succeeded"})
+    assert store.run_counts(terminal) == {ORG: (3, 1)}
+    runs, total = store.latest_runs(terminal=terminal, limit=2)
+    assert [r.run_id for r in runs] == ["b", "c"] and total == 3
+    assert [r.run_id for r in store.latest_runs(terminal=terminal, active=True)[0]] == ["a"]
+    assert [r.run_id for r in store.latest_runs(terminal=terminal, condition="*ed")[0]] == [
+        "b",
+        "c",
+    ]
+    assert store.latest_runs(terminal=terminal, condition="Nope*") == ([], 0)

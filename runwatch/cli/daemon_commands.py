@@ -1,28 +1,38 @@
-"""`runwatch run` and `runwatch once`: the daemon, forever or for one cycle."""
+"""`runwatch run` and `runwatch once`: the daemon, forever or for one cycle.
+
+On a PostgreSQL state the daemon is one of several instances: it keeps workspace leases
+(`service.leases`) and sends only the lanes it has claimed (`delivery.fence`). A database
+that cannot be reached at start-up is waited for (with backoff, until SIGTERM), as an API
+outage is: exiting to be restarted in a loop would help nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
 from runwatch.cli.signals import install_signal_handlers
 from runwatch.cli.startup import load
 from runwatch.config.settings import Config
+from runwatch.errors import StoreError
 from runwatch.service.daemon import Daemon
 from runwatch.service.http import HealthServer
+from runwatch.service.leases import LeaseKeeper
 from runwatch.service.sdnotify import Notifier
-from runwatch.state.lock import writer_lock
+from runwatch.state.open import AnyStore, open_reader, open_writer
 from runwatch.state.sqlite import SqliteStore
 
 log = structlog.get_logger("runwatch.cli.daemon_commands")
 
 EX_OK, EX_FAILURE, EX_TEMPFAIL = 0, 1, 75
+OPEN_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between attempts to reach the database
 
 __all__ = ["load", "once", "run"]
 
@@ -33,9 +43,11 @@ def run(config: Config, config_path: Path) -> int:
     async def main() -> bool:
         stop, reload_requested = asyncio.Event(), asyncio.Event()
         install_signal_handlers(asyncio.get_running_loop(), stop, reload_requested)
-        path = config.state.sqlite_path()
-        with SqliteStore.open(path) as store, writer_lock(path):
-            daemon = Daemon(config, store, notifier=Notifier())
+        with contextlib.ExitStack() as stack:
+            store = await open_waiting(config, stop, stack)
+            if store is None:
+                return False
+            daemon = ha_daemon(config, store, notifier=Notifier())
             server = None
             if config.http is not None:
                 server = HealthServer(
@@ -49,6 +61,7 @@ def run(config: Config, config_path: Path) -> int:
             finally:
                 if server is not None:
                     server.stop()
+                release_lanes(store)
         return daemon.delivery_abandoned
 
     if asyncio.run(main()):
@@ -60,6 +73,50 @@ def run(config: Config, config_path: Path) -> int:
         sys.stderr.flush()
         os._exit(EX_OK)
     return EX_OK
+
+
+async def open_waiting(
+    config: Config, stop: asyncio.Event, stack: contextlib.ExitStack
+) -> AnyStore | None:
+    """The writer's store (closed with `stack`), once it can be opened; None when stopped
+    while waiting. SQLite's problems (a corrupt file, another daemon on it) end the command
+    at once; a PostgreSQL that cannot be reached is waited for."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.to_thread(stack.enter_context, open_writer(config))
+        except StoreError as exc:
+            if config.state.url is None or "unreachable" not in str(exc):
+                raise
+            wait = OPEN_BACKOFF_S[min(attempt, len(OPEN_BACKOFF_S) - 1)]
+            attempt += 1
+            log.error("store.unreachable", error=str(exc), retry_in=wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            if stop.is_set():
+                return None
+
+
+def ha_daemon(config: Config, store: AnyStore, **kwargs: Any) -> Daemon:
+    """A daemon on `store`; on PostgreSQL one that keeps leases and fences its sends."""
+    if isinstance(store, SqliteStore):
+        return Daemon(config, store, **kwargs)
+    keeper = LeaseKeeper(
+        store.leases,
+        lease_s=config.ha.lease,
+        workspaces=[ws.organization_id for ws in config.workspaces],
+    )
+    return Daemon(config, store, leases=keeper, lane_fence=store.outbox, **kwargs)
+
+
+def release_lanes(store: AnyStore) -> None:
+    """A clean stop on PostgreSQL: free this instance's lane claims for the others."""
+    if isinstance(store, SqliteStore):
+        return
+    try:
+        store.outbox.release()
+    except StoreError as exc:
+        log.warning("outbox.release_failed", error=str(exc))
 
 
 def raise_file_limit(ceiling: int = 65_536) -> None:
@@ -84,22 +141,27 @@ def once(config: Config, *, dry_run: bool = False, out: TextIO = sys.stdout) -> 
 
     async def main() -> int:
         if dry_run:
-            store = SqliteStore.open_read_only(config.state.sqlite_path()) or SqliteStore.empty()
+            store = open_reader(config) or SqliteStore.empty()
             with store:
                 return await _dry_run(config, store, out)
-        path = config.state.sqlite_path()
-        with SqliteStore.open(path) as store, writer_lock(path):
+        with open_writer(config) as store:
             return await _once(config, store, out)
 
     return asyncio.run(main())
 
 
-async def _once(config: Config, store: SqliteStore, out: TextIO) -> int:
-    daemon = Daemon(config, store)
+async def _once(config: Config, store: AnyStore, out: TextIO) -> int:
+    daemon = ha_daemon(config, store)
+    if daemon.leases is not None:
+        # One tick: this run polls the workspaces no live daemon holds (its fair share).
+        await asyncio.to_thread(daemon.leases.tick)
     try:
         reports = await daemon.poll_cycle()
         sent = await daemon.deliver_once()
     finally:
+        if daemon.leases is not None:
+            await asyncio.to_thread(daemon.leases.stop)
+        release_lanes(store)
         await daemon.aclose()
     stats = store.outbox_stats(daemon.now_ms())
     for r in reports:
@@ -111,7 +173,7 @@ async def _once(config: Config, store: SqliteStore, out: TextIO) -> int:
     return EX_TEMPFAIL if stats.pending else EX_OK
 
 
-async def _dry_run(config: Config, store: SqliteStore, out: TextIO) -> int:
+async def _dry_run(config: Config, store: AnyStore, out: TextIO) -> int:
     daemon = Daemon(config, store)
     try:
         polls = await daemon.cycle.run(commit=False)

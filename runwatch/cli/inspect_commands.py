@@ -25,7 +25,6 @@ from runwatch.delivery.lanes import WEBHOOK_TARGET, build_senders, close_senders
 from runwatch.delivery.senders import Outgoing, Sender
 from runwatch.delivery.slack import SlackSender
 from runwatch.service.cycle import destinations, styles
-from runwatch.state.sqlite_runs import latest_runs
 from runwatch.state.store import Lane
 
 __all__ = ["check", "load", "notify_test", "runs"]
@@ -124,8 +123,7 @@ def runs(
     if store is None:
         return 0
     with store:
-        states, total = latest_runs(
-            store,
+        states, total = store.latest_runs(
             terminal=terminal_conditions(config.poll.terminal_conditions),
             active=active,
             condition=condition,

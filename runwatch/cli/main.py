@@ -24,8 +24,11 @@ DEFAULT_CONFIG = Path("/etc/runwatch/config.yaml")
 
 # Commands meant for a terminal log only warnings by default; the daemon's own commands info.
 _QUIET_COMMANDS = frozenset(
-    {"demo", "check", "runs", "notify-test", "status", "outbox", "mute", "mutes", "unmute"}
-)
+    {
+        "demo", "check", "runs", "notify-test", "status", "outbox", "mute", "mutes", "unmute",
+        "migrate-state",
+    }
+)  # fmt: skip
 # The operator's commands: they read the state without the configuration's secrets.
 _STATE_COMMANDS = {
     "status": "operator_commands",
@@ -169,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=40, help="runs in the simulated organization")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds")
+    p = _command(
+        sub,
+        "migrate-state",
+        "copy a SQLite state into PostgreSQL",
+        "Copies runs, workspaces, events, undelivered messages, the self-alert state, Slack\n"
+        "message ids and active mutes into an empty PostgreSQL state, in one transaction, so\n"
+        "moving to several instances needs no new baseline. Stop the daemon first.",
+    )
+    p.add_argument("--from", dest="source", type=Path, required=True, metavar="STATE_DB")
+    p.add_argument(
+        "--to",
+        dest="url",
+        metavar="URL",
+        help="postgresql://... (default: state.url of the configuration)",
+    )
     return parser
 
 
@@ -201,6 +219,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from runwatch.cli.demo import main as demo
 
         return demo(args)
+    if args.command == "migrate-state" and args.url is not None:
+        from runwatch.cli.migrate_command import migrate_state
+
+        return migrate_state(args.source, args.url)
     config_path = config_file(args.config, os.environ)
     if config_path is None:
         print(
@@ -216,6 +238,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "run":
             return daemon_commands.run(config, config_path)
         return daemon_commands.once(config, dry_run=args.dry_run, out=sys.stdout)
+    if args.command == "migrate-state":
+        from runwatch.cli.migrate_command import migrate_state
+        from runwatch.cli.state_access import load_config
+
+        config = load_config(config_path)
+        if config.state.url is None:
+            print("runwatch: migrate-state: give --to URL, or set state.url", file=sys.stderr)
+            return EX_USAGE
+        return migrate_state(
+            args.source, config.state.url, instance=config.ha.instance, out=sys.stdout
+        )
     if args.command in _STATE_COMMANDS or args.command == "runs":
         import importlib
 

@@ -15,16 +15,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from runwatch.cli.ha_status import alert_states, ha_report, print_ha
 from runwatch.cli.state_access import ago, cut, iso, now_ms, read, span, table, write
 from runwatch.config.settings import Config
 from runwatch.core.alerts import AlertState
 from runwatch.core.mutes import Mute
 from runwatch.core.transitions import terminal_conditions
 from runwatch.delivery import quiet_hours
-from runwatch.service.self_alerts import ALERTS_META_KEY
 from runwatch.service.status import MIN_STALE_AFTER_S
-from runwatch.state.sqlite import SqliteStore
-from runwatch.state.sqlite_runs import run_counts
+from runwatch.state.open import AnyStore, where
 from runwatch.state.store import OutboxRow
 
 EX_OK, EX_FAILURE, EX_USAGE = 0, 1, 2
@@ -60,10 +59,10 @@ def status(config: Config, *, as_json: bool = False, out: TextIO = sys.stdout) -
     return EX_OK if report["ok"] else EX_FAILURE
 
 
-def _report(config: Config, store: SqliteStore | None, now: int) -> dict[str, Any]:
+def _report(config: Config, store: AnyStore | None, now: int) -> dict[str, Any]:
     """Everything `status` shows, as plain data (its --json form)."""
     stale_ms = max(3 * config.poll.interval, MIN_STALE_AFTER_S) * 1000
-    counts = {} if store is None else run_counts(store, terminal_conditions(
+    counts = {} if store is None else store.run_counts(terminal_conditions(
         config.poll.terminal_conditions
     ))  # fmt: skip
     workspaces = []
@@ -90,17 +89,21 @@ def _report(config: Config, store: SqliteStore | None, now: int) -> dict[str, An
                 "unfinished": unfinished,
             }
         )
-    return {
+    report = {
         "ok": all(w["ok"] for w in workspaces),
-        "state": str(config.state.sqlite_path()),
+        "state": where(config),
         "workspaces": workspaces,
         "outbox": _outbox_summary(config, store, now),
         "failing_channels": _failing(store, now),
         "mutes": [] if store is None else [_mute_data(m) for m in store.mutes.active(now)],
     }
+    ha = ha_report(config, store)
+    if ha is not None:
+        report["ha"] = ha
+    return report
 
 
-def _outbox_summary(config: Config, store: SqliteStore | None, now: int) -> dict[str, Any]:
+def _outbox_summary(config: Config, store: AnyStore | None, now: int) -> dict[str, Any]:
     if store is None:
         return {"pending": 0, "held": 0, "dead": 0, "uncertain": 0, "muted": 0, "dropped": 0}
     stats = store.outbox_stats(now)
@@ -133,20 +136,20 @@ def _outbox_summary(config: Config, store: SqliteStore | None, now: int) -> dict
     }
 
 
-def _failing(store: SqliteStore | None, now: int) -> list[dict[str, Any]]:
+def _failing(store: AnyStore | None, now: int) -> list[dict[str, Any]]:
     """Channels the stored alert state has down, and channels whose pending rows keep failing."""
     if store is None:
         return []
-    text = store.get_meta(ALERTS_META_KEY)
-    try:
-        state = AlertState.from_json(json.loads(text) if text else None)
-    except ValueError:
-        state = AlertState()
     failing: dict[str, dict[str, Any]] = {}
-    for subject, alerted_ms in state.down.items():
-        kind, _, name = subject.partition(":")
-        if kind == "channel":
-            failing[name] = {"channel": name, "alerted_at": iso(alerted_ms)}
+    for text in alert_states(store):  # (several instances keep one each)
+        try:
+            state = AlertState.from_json(json.loads(text))
+        except ValueError:
+            state = AlertState()
+        for subject, alerted_ms in sorted(state.down.items(), key=lambda kv: kv[1]):
+            kind, _, name = subject.partition(":")
+            if kind == "channel" and name not in failing:
+                failing[name] = {"channel": name, "alerted_at": iso(alerted_ms)}
     for row in store.outbox.rows(states=("pending",), limit=SCANNED):
         if row.attempts and row.last_error:
             entry = failing.setdefault(row.channel, {"channel": row.channel, "alerted_at": None})
@@ -200,6 +203,8 @@ def _print_report(report: dict[str, Any], out: TextIO) -> None:
     for m in mutes:
         reason = f" ({m['reason']})" if m["reason"] else ""
         print(f"  #{m['id']} {m['what']} until {m['until']}, by {m['who']}{reason}", file=out)
+    if "ha" in report:
+        print_ha(report["ha"], out)
 
 
 # -- outbox ---------------------------------------------------------------------------------

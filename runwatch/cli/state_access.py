@@ -2,11 +2,13 @@
 
 Theory: the operator's commands (`status`, `runs`, `outbox`, `mute`, ...) run beside a
 daemon, often as another user, so they read the configuration without its secrets
-(`need_secrets=False`: no Vi key, no Apprise URL secrets needed), find the state file the
-same way the daemon does (`state.path`), take no writer lock, and never create a state file:
-a command that only looks opens it read-only (`SqliteStore.open_read_only`); one that changes
-mutes or outbox rows opens it for short transactions (`SqliteStore.open_existing`). When
-there is no file they say where they looked and how the service's file is found.
+(`need_secrets=False`: no Vi key, no Apprise URL secrets needed), find the state the same
+way the daemon does (`state.path`, or `state.url` for PostgreSQL: `state.open`), take no
+writer lock, and never create a state: a command that only looks opens it read-only; one
+that changes mutes or outbox rows opens it for short transactions. When there is no state
+they say where they looked and how the service's file is found. (A PostgreSQL URL's password
+is a secret of the configuration all the same: the operator needs it to connect, and it is
+never printed.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TextIO
 
 from runwatch.cli.startup import load
 from runwatch.config.settings import Config
-from runwatch.state.sqlite import SqliteStore
+from runwatch.state.open import AnyStore, open_existing, open_reader, where
 
 # Where the unit of systemd/README.md keeps the state (StateDirectory=runwatch).
 SERVICE_STATE = Path("/var/lib/runwatch/state.db")
@@ -37,27 +39,32 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def read(config: Config, out: TextIO = sys.stdout) -> SqliteStore | None:
+def read(config: Config, out: TextIO = sys.stdout) -> AnyStore | None:
     """The state for reading, or None after saying where none was found."""
-    path = config.state.sqlite_path()
-    store = SqliteStore.open_read_only(path)
+    store = open_reader(config)
     if store is None:
-        print(no_state(config, path), file=out)
+        print(no_state(config), file=out)
     return store
 
 
-def write(config: Config, err: TextIO | None = None) -> SqliteStore | None:
+def write(config: Config, err: TextIO | None = None) -> AnyStore | None:
     """The state for the operator's short writes, or None after saying none was found."""
-    path = config.state.sqlite_path()
-    store = SqliteStore.open_existing(path)
+    store = open_existing(config)
     if store is None:
-        print(f"runwatch: {no_state(config, path)}; nothing was changed", file=err or sys.stderr)
+        print(f"runwatch: {no_state(config)}; nothing was changed", file=err or sys.stderr)
     return store
 
 
-def no_state(config: Config, path: Path) -> str:
-    where = f"state.path of {config.source}" if config.source else "state.path"
-    text = f"no state file at {path} ({where}): runwatch has not run with this configuration yet"
+def no_state(config: Config) -> str:
+    key = "state.path" if config.state.url is None else "state.url"
+    source = f"{key} of {config.source}" if config.source else key
+    if config.state.url is not None:
+        return (
+            f"no runwatch state in {where(config)} ({source}): runwatch has not run with "
+            "this configuration yet"
+        )
+    path = config.state.sqlite_path()
+    text = f"no state file at {path} ({source}): runwatch has not run with this configuration yet"
     if path != SERVICE_STATE and SERVICE_STATE.exists():
         text += (
             f". The systemd service keeps its state in {SERVICE_STATE}: set state.path to it "

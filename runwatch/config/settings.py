@@ -151,9 +151,12 @@ class StateConfig:
         return "postgresql" if self.url is not None else "sqlite"
 
     def sqlite_path(self) -> Path:
-        """The SQLite file; a ConfigError when the state is in PostgreSQL (not supported yet)."""
+        """The SQLite file; a ConfigError when the state is in PostgreSQL (`state.open`
+        opens either)."""
         if self.path is None:
-            raise ConfigError(["state.url: PostgreSQL state is not supported yet; use state.path"])
+            raise ConfigError(
+                ["state.url: the state is in PostgreSQL; this needs a SQLite state.path"]
+            )
         return self.path
 
 

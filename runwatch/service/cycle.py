@@ -23,6 +23,7 @@ import dataclasses
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import structlog
 
@@ -36,6 +37,7 @@ from runwatch.core.run_index import RunIndex
 from runwatch.core.transitions import choose_kind, terminal_conditions
 from runwatch.delivery.lanes import flavour_of, targets_of
 from runwatch.errors import (
+    LeaseLostError,
     StoreError,
     ViAuthError,
     ViError,
@@ -54,6 +56,13 @@ from runwatch.vi.retry import RetryPolicy
 log = structlog.get_logger("runwatch.service.cycle")
 
 MAX_DEFERRAL_S = 3_600.0  # the longest Retry-After honoured across polls
+
+
+class LeaseView(Protocol):
+    """Which workspaces this instance may poll (several instances on PostgreSQL)."""
+
+    def holds(self, organization_id: str) -> bool: ...
+    def epoch(self, organization_id: str) -> int: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,8 +85,12 @@ class PollCycle:
         clock: Clock,
         metrics: Metrics,
         on_progress: Callable[[], None] = lambda: None,
+        leases: LeaseView | None = None,
     ) -> None:
         self._store = store
+        # With several instances: only the workspaces whose lease this one holds are polled.
+        self._leases = leases
+        self._epochs: dict[str, int] = {}  # organization id -> lease epoch its index was read at
         self._clock = clock
         self._metrics = metrics
         self._on_progress = on_progress  # every request and retry wait: the watchdog's sign
@@ -109,10 +122,18 @@ class PollCycle:
     # -- the cycle -----------------------------------------------------------------------
 
     async def run(self, *, commit: bool = True) -> list[WorkspacePoll]:
-        """Poll every workspace concurrently; each commits (or fails) on its own."""
+        """Poll every workspace (this instance holds) concurrently; each commits (or fails)
+        on its own."""
         return list(
-            await asyncio.gather(*(self.poll(ws, commit=commit) for ws in self.config.workspaces))
+            await asyncio.gather(*(self.poll(ws, commit=commit) for ws in self.polled()))
         )
+
+    def polled(self) -> list[WorkspaceConfig]:
+        """The workspaces this instance polls now: all, or those it holds the lease on."""
+        leases = self._leases
+        if leases is None:
+            return list(self.config.workspaces)
+        return [ws for ws in self.config.workspaces if leases.holds(ws.organization_id)]
 
     def plan(self, meta: WorkspaceMeta, now_ms: int) -> PollPlan:
         """What kind of poll a workspace is due for (baseline, full or incremental)."""
@@ -224,6 +245,12 @@ class PollCycle:
 
     def _known(self, organization_id: str) -> RunIndex:
         index = self.known.get(organization_id)
+        if self._leases is not None:
+            # A lease (re)acquired: another instance may have moved the runs on meanwhile.
+            epoch = self._leases.epoch(organization_id)
+            if self._epochs.get(organization_id) != epoch:
+                self._epochs[organization_id] = epoch
+                index = None
         if index is None:
             index = self.known[organization_id] = RunIndex(
                 self._store.iter_runs(organization_id),
@@ -306,7 +333,9 @@ class PollCycle:
         self._metrics.poll_failures.labels(ws.name, reason or "error").inc()
         # The API's faults pass by themselves; the state store's and runwatch's own need the
         # operator (a bug was logged with its traceback where it was caught).
-        if isinstance(exc, ViError):
+        if isinstance(exc, LeaseLostError):
+            log.warning("poll.fenced", workspace=ws.name, kind=kind, error=error)
+        elif isinstance(exc, ViError):
             log.warning("poll.failed", workspace=ws.name, kind=kind, reason=reason, error=error)
         else:
             log.error("poll.failed", workspace=ws.name, kind=kind, reason=reason, error=error)

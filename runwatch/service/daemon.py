@@ -12,6 +12,12 @@ in flight gets `SHUTDOWN_GRACE_S` to finish; what is not delivered stays pending
 outbox for the next start. Reload (SIGHUP): a validated configuration is swapped in between
 cycles; state and pending rows carry over. A rejected one changes nothing, and every STATUS=
 says so until a reload is accepted.
+
+Several instances (a PostgreSQL state): a `LeaseKeeper` says which workspaces this one
+polls (the cycle skips the others, and `/healthz` judges only those, plus whether the
+database could be reached within a lease); senders are fenced by the outbox's lane claims,
+so a paused instance sends nothing another has taken over. Leases are released at a clean
+stop, after the last delivery.
 """
 
 from __future__ import annotations
@@ -26,14 +32,18 @@ from runwatch.clock import SYSTEM_CLOCK, Clock
 from runwatch.config.settings import Config
 from runwatch.core.alerts import Thresholds
 from runwatch.core.run_index import RunIndex
+from runwatch.delivery.fence import LaneFence, fenced
 from runwatch.delivery.lanes import build_senders, close_senders, policies
+from runwatch.delivery.senders import Sender
 from runwatch.delivery.worker import Deliverer
+from runwatch.errors import StoreError
 from runwatch.service.cycle import PollCycle
+from runwatch.service.leases import LeaseKeeper
 from runwatch.service.metrics import Metrics
 from runwatch.service.sdnotify import Notifier
-from runwatch.service.self_alerts import SelfAlerts
+from runwatch.service.self_alerts import ALERTS_META_KEY, SelfAlerts, instance_key
 from runwatch.service.status import PollReport, StatusBoard
-from runwatch.state.store import StateStore
+from runwatch.state.store import Lane, StateStore
 
 log = structlog.get_logger("runwatch.service.daemon")
 
@@ -69,9 +79,14 @@ class Daemon:
         clock: Clock = SYSTEM_CLOCK,
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
+        leases: LeaseKeeper | None = None,
+        lane_fence: LaneFence | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        # Several instances on PostgreSQL: the workspaces this one polls, the lanes it sends.
+        self.leases = leases
+        self.lane_fence = lane_fence
         self.clock = clock
         self.notifier = notifier or Notifier({})
         self.metrics = metrics or Metrics()
@@ -79,16 +94,24 @@ class Daemon:
         self.heartbeat = Heartbeat(_stall_after(config), clock)
         self.board = StatusBoard(clock=clock, store=store, metrics=self.metrics)
         self.cycle = PollCycle(
-            config, store, clock=clock, metrics=self.metrics, on_progress=self.heartbeat.beat
+            config,
+            store,
+            clock=clock,
+            metrics=self.metrics,
+            on_progress=self.heartbeat.beat,
+            leases=leases,
         )
-        self.alerts = SelfAlerts(store)
+        self.alerts = SelfAlerts(
+            store, key=ALERTS_META_KEY if leases is None else instance_key(config.ha.instance)
+        )
         self.cycles = 0  # completed poll cycles
         self.delivery_abandoned = False  # a send outlived SHUTDOWN_GRACE_S at the last stop
         self._sent_to: set[str] = set()  # channels with a successful send since start
         self._cycle_done = asyncio.Condition()
+        self._held: frozenset[str] = frozenset()  # the leases held at the last cycle
         self.deliverer = Deliverer(
             store,
-            build_senders(config.channels, clock=clock, store=store),
+            self._senders(config),
             policies(config.channels, config.delivery),
             config.delivery,
             clock=clock,
@@ -107,16 +130,29 @@ class Daemon:
 
     # -- configuration -------------------------------------------------------------------
 
+    def _senders(self, config: Config) -> dict[Lane, Sender]:
+        senders = build_senders(config.channels, clock=self.clock, store=self.store)
+        return senders if self.lane_fence is None else fenced(senders, self.lane_fence)
+
     def _remember_successes(self, config: Config) -> None:
-        for ws in config.workspaces:
-            meta = self.store.workspace(ws.organization_id)
-            if meta.last_success is not None:
-                self.board.remember_success(ws.name, meta.last_success)
+        try:
+            for ws in config.workspaces:
+                meta = self.store.workspace(ws.organization_id)
+                if meta.last_success is not None:
+                    self.board.remember_success(ws.name, meta.last_success)
+        except StoreError as exc:  # the database is away: the next cycle tells
+            log.warning("status.successes_not_read", error=str(exc))
+
+    def _workspace_names(self) -> list[str]:
+        """The workspaces this instance answers for: all, or those it holds leases on."""
+        return [ws.name for ws in self.cycle.polled()]
 
     async def reload(self, config: Config) -> None:
         """Swap in a validated configuration; state and pending deliveries carry over."""
-        senders = build_senders(config.channels, clock=self.clock, store=self.store)
+        senders = self._senders(config)
         self.config = config
+        if self.leases is not None:
+            self.leases.configure([ws.organization_id for ws in config.workspaces])
         old_clients = self.cycle.configure(config)
         self.heartbeat.stall_after_s = _stall_after(config)
         old_senders = self.deliverer.senders
@@ -136,6 +172,12 @@ class Daemon:
 
     async def poll_cycle(self) -> list[PollReport]:
         """Poll every workspace and commit each; then self-alerts, status and gauges."""
+        if self.leases is not None:
+            held = frozenset(self.leases.held())
+            if held - self._held:
+                # Workspaces taken over: their last success is the previous holder's.
+                self._remember_successes(self.config)
+            self._held = held
         polls = await self.cycle.run()
         reports = [p.report for p in polls]
         now_ms = self.now_ms()
@@ -192,19 +234,31 @@ class Daemon:
         self.metrics.notifications.labels(channel, result).inc()
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        """Healthy while every workspace's last successful poll is recent (any thread)."""
-        return self.board.health(
-            [ws.name for ws in self.config.workspaces],
+        """Healthy while every workspace's last successful poll is recent (any thread); with
+        several instances, every workspace this one holds, and the database reachable."""
+        healthy, summary = self.board.health(
+            self._workspace_names(),
             interval_s=self.config.poll.interval,
             failing=self.deliverer.failing_channels(),
         )
+        if self.leases is not None:
+            reachable = self.leases.reachable()
+            summary["instance"] = self.leases.instance
+            summary["state_database"] = "ok" if reachable else "unreachable"
+            if not reachable:
+                healthy = False
+                summary["status"] = "unhealthy"
+        return healthy, summary
 
     def status_line(self) -> str:
-        return self.board.status_line(
-            [ws.name for ws in self.config.workspaces],
-            runs_watched=sum(self.cycle.runs_by_workspace().values()),
-            failing=self.deliverer.failing_channels(),
-        )
+        try:
+            return self.board.status_line(
+                self._workspace_names(),
+                runs_watched=sum(self.cycle.runs_by_workspace().values()),
+                failing=self.deliverer.failing_channels(),
+            )
+        except StoreError:  # (the outbox count needs the store)
+            return "the state database is unreachable; retrying"
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -218,6 +272,8 @@ class Daemon:
         """Poll and deliver until `stop` is set; then finish in-flight work within a bound."""
         reload_requested = reload_requested or asyncio.Event()
         delivery_stop = asyncio.Event()
+        if self.leases is not None:
+            await asyncio.to_thread(self.leases.start)
         delivery = asyncio.create_task(self.deliverer.run(delivery_stop, self.wake))
         watchdog = asyncio.create_task(self._watchdog(stop))
         self.notifier.ready(status="starting first poll")
@@ -269,6 +325,9 @@ class Daemon:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
+        if self.leases is not None:
+            # Released only now that nothing of this instance polls or sends any more.
+            await asyncio.to_thread(self.leases.stop, release=not self.delivery_abandoned)
         await self.aclose()
         log.info("daemon.stopped")
 

@@ -5,6 +5,12 @@ since when, the stored state) and writes its outcome — the alerts' outbox rows
 alert state — in ONE store transaction. When that transaction fails (a full disk), the state
 in memory is not advanced either, so the same alerts are decided again next cycle instead of
 being marked sent and lost.
+
+Several instances (PostgreSQL): each decides from what it sees (the workspaces it polls,
+the channels it sends), so each keeps its own alert state, under `instance_key` of its
+configured name (stable across restarts): one instance's state never overwrites another's.
+An instance without one yet starts from the state of a single-instance past (migrated by
+`runwatch migrate-state`), so an outage alerted before the move is still recovered once.
 """
 
 from __future__ import annotations
@@ -26,10 +32,19 @@ ALERTS_META_KEY = "alerts.state"
 ALERT_RUN_KEY = "runwatch"  # the outbox's run key of self-alerts: their own ordering lane
 
 
+def instance_key(instance: str) -> str:
+    """The meta key of one instance's alert state (several instances on PostgreSQL)."""
+    return f"{ALERTS_META_KEY}/{instance}"
+
+
 class SelfAlerts:
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, key: str = ALERTS_META_KEY) -> None:
         self._store = store
-        self.state = AlertState.from_json(_load_json(store.get_meta(ALERTS_META_KEY)))
+        self._key = key
+        text = store.get_meta(key)
+        if text is None and key != ALERTS_META_KEY:
+            text = store.get_meta(ALERTS_META_KEY)
+        self.state = AlertState.from_json(_load_json(text))
 
     def evaluate(
         self,
@@ -83,7 +98,7 @@ class SelfAlerts:
         ]
         try:
             queued = self._store.commit_alerts(
-                items, meta={ALERTS_META_KEY: json.dumps(state.to_json())}, now_ms=now_ms
+                items, meta={self._key: json.dumps(state.to_json())}, now_ms=now_ms
             )
         except StoreError as exc:
             log.error("alerts.not_recorded", error=str(exc))

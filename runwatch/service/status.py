@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from runwatch.clock import Clock
+from runwatch.errors import StoreError
 from runwatch.service.metrics import Metrics
 from runwatch.state.store import StateStore
 
@@ -49,8 +50,11 @@ class StatusBoard:
         return int(self._clock.time() * 1000)
 
     def remember_success(self, workspace: str, at_ms: int) -> None:
-        """A success known from before (the store), unless a newer one is known already."""
-        self.last_success.setdefault(workspace, at_ms)
+        """A success known from before (the store), unless a newer one is known already
+        (another instance's, for a workspace taken over, may be newer than this one's)."""
+        known = self.last_success.get(workspace)
+        if known is None or at_ms > known:
+            self.last_success[workspace] = at_ms
 
     def reload_done(self, problems: Sequence[str] | None, at_ms: int) -> None:
         """Remember how the last reload went: None for accepted, else its problems."""
@@ -112,7 +116,10 @@ class StatusBoard:
             self._metrics.runs_watched.labels(name).set(runs)
             if name in self.last_success:
                 self._metrics.last_success.labels(name).set(self.last_success[name] / 1000)
-        stats = self._store.outbox_stats(self.now_ms())
+        try:
+            stats = self._store.outbox_stats(self.now_ms())
+        except StoreError:  # a database out of reach: the gauges keep their last values
+            return
         self._metrics.outbox_depth.set(stats.pending)
         self._metrics.oldest_pending.set(stats.oldest_pending_age)
 

@@ -21,13 +21,11 @@ import structlog
 
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
-from runwatch.state import sqlite_mutes
+from runwatch.state import sqlite_mutes, sqlite_runs
 from runwatch.state.rows import (
     RUN_COLUMNS,
     RUN_PLACEHOLDERS,
     event_payload,
-    gc_paused,
-    run_from_row,
     run_params,
 )
 from runwatch.state.sqlite_mutes import SqliteMutes
@@ -273,102 +271,52 @@ class SqliteStore:
 
     def workspace(self, organization_id: str) -> WorkspaceMeta:
         """What the store knows of a workspace; all None for one never polled."""
-        with self.reading("reading a workspace"):
-            row = self._conn.execute(
-                "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
-                "resume_at FROM workspaces WHERE organization_id = ?",
-                (organization_id,),
-            ).fetchone()
-        if row is None:
-            return WorkspaceMeta(
-                organization_id=organization_id,
-                baselined_at=None,
-                last_full_listing=None,
-                last_success=None,
-            )
-        return WorkspaceMeta(
-            organization_id=organization_id,
-            baselined_at=row[0],
-            last_full_listing=row[1],
-            last_success=row[2],
-            last_failure=row[3],
-            last_error=row[4],
-            resume_at=row[5],
-        )
+        return sqlite_runs.workspace(self, organization_id)
 
     def load_runs(self, organization_id: str) -> dict[str, RunState]:
         """Every tracked run of a workspace, by run id (tombstones aside)."""
-        with self.reading("reading runs"), gc_paused():
-            rows = self._conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs "
-                "WHERE organization_id = ? AND deleted_at IS NULL",
-                (organization_id,),
-            )
-            return {row[1]: run_from_row(row) for row in rows}
+        return sqlite_runs.load_runs(self, organization_id)
 
     def iter_runs(self, organization_id: str) -> Iterator[RunState]:
-        """Every tracked run of a workspace (tombstones aside), one at a time: building the
-        index of 100,000 runs never holds them all at once."""
-        with self.reading("reading runs") as conn, gc_paused():
-            cursor = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs "
-                "WHERE organization_id = ? AND deleted_at IS NULL",
-                (organization_id,),
-            )
-            while rows := cursor.fetchmany(1_000):
-                yield from map(run_from_row, rows)
+        """Every tracked run of a workspace (tombstones aside), one at a time."""
+        return sqlite_runs.iter_runs(self, organization_id)
 
     def load_run_states(self, organization_id: str, run_ids: Sequence[str]) -> dict[str, RunState]:
         """The stored states of these runs of a workspace (those it has), by run id."""
-        found: dict[str, RunState] = {}
-        with self.reading("reading runs") as conn:
-            for start in range(0, len(run_ids), 500):
-                chunk = list(run_ids[start : start + 500])
-                marks = ", ".join("?" * len(chunk))
-                for row in conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ? "
-                    f"AND deleted_at IS NULL AND run_id IN ({marks})",
-                    (organization_id, *chunk),
-                ):
-                    found[row[1]] = run_from_row(row)
-        return found
+        return sqlite_runs.load_run_states(self, organization_id, run_ids)
 
     def record_runs(self, organization_id: str, states: Sequence[RunState]) -> None:
-        """Write run states alone, in one transaction: a part of a baseline (no events, no
-        bookkeeping: the baseline counts as done when its last part commits with it)."""
-        with self.writing(f"recording runs of {organization_id}") as tx:
-            tx.executemany(
-                f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
-                (run_params(run) for run in states),
-            )
+        """Write run states alone, in one transaction: a part of a baseline."""
+        sqlite_runs.record_runs(self, organization_id, states)
 
     def load_tombstones(self, organization_id: str) -> dict[str, RunState]:
         """The runs of a workspace confirmed deleted and still remembered, by run id."""
-        with self.reading("reading runs"):
-            rows = self._conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs "
-                "WHERE organization_id = ? AND deleted_at IS NOT NULL",
-                (organization_id,),
-            )
-            return {row[1]: run_from_row(row) for row in rows}
+        return sqlite_runs.load_tombstones(self, organization_id)
 
     def tracked_runs(self) -> list[RunState]:
         """Every tracked run, by organization, newest first (for `runwatch runs`)."""
-        with self.reading("reading runs"), gc_paused():
-            rows = self._conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE deleted_at IS NULL "
-                "ORDER BY organization_id, time_created DESC"
-            )
-            return [run_from_row(row) for row in rows]
+        return sqlite_runs.tracked_runs(self)
+
+    def run_counts(self, terminal: frozenset[str]) -> dict[str, tuple[int, int]]:
+        """Organization id -> (runs tracked, of which unfinished), for `runwatch status`."""
+        return sqlite_runs.run_counts(self, terminal)
+
+    def latest_runs(
+        self,
+        *,
+        terminal: frozenset[str],
+        active: bool = False,
+        condition: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[RunState], int]:
+        """The tracked runs, newest change first, for `runwatch runs`."""
+        return sqlite_runs.latest_runs(
+            self, terminal=terminal, active=active, condition=condition, limit=limit
+        )
 
     def set_resume_at(self, organization_id: str, resume_at: int | None) -> None:
         """Remember until when the API asked not to be polled (None: no such wish)."""
-        with self.writing(f"recording when to poll {organization_id} again") as tx:
-            tx.execute(
-                "INSERT INTO workspaces (organization_id, resume_at) VALUES (?, ?) "
-                "ON CONFLICT (organization_id) DO UPDATE SET resume_at = excluded.resume_at",
-                (organization_id, resume_at),
-            )
+        sqlite_runs.set_resume_at(self, organization_id, resume_at)
 
     def commit_poll(self, commit: PollCommit) -> int:
         """Write one poll's outcome in ONE transaction; return the outbox rows inserted.

@@ -64,7 +64,7 @@ class SqliteMutes:
                 f"SELECT {_COLUMNS} FROM mutes WHERE until > ? AND removed_at IS NULL ORDER BY id",
                 (now_ms,),
             ).fetchall()
-        return [_mute(row) for row in rows]
+        return [mute_from_row(row) for row in rows]
 
     def remove(self, ids: Sequence[int], now_ms: int) -> int:
         """End these mutes now; return how many were active."""
@@ -102,7 +102,7 @@ def _strings(text: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def _mute(row: tuple[Any, ...]) -> Mute:
+def mute_from_row(row: tuple[Any, ...]) -> Mute:
     (id_, runs, projects, flows, workspaces, channel, created_at, until, reason, who) = row
     return Mute(
         id=id_,

@@ -1,6 +1,7 @@
-"""What the operator's commands ask of the runs table of a SQLite store: counts and the
-latest runs, answered by SQL so `runwatch status` and `runwatch runs` stay quick at 100,000
-tracked runs (neither loads them all).
+"""The runs and workspaces tables of a SQLite store: what the poll cycle reads and writes
+outside a poll's commit (`SqliteStore` delegates here), and what the operator's commands
+ask — counts and the latest runs, answered by SQL so `runwatch status` and `runwatch runs`
+stay quick at 100,000 tracked runs (neither loads them all).
 
 Theory: a run is unfinished when its latest condition is not terminal (or it has none yet),
 as `core.run_index.is_unfinished` says; the caller passes the terminal set of its
@@ -13,16 +14,133 @@ from __future__ import annotations
 
 import fnmatch
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from runwatch.core.model import RunState
-from runwatch.state.rows import RUN_COLUMNS, run_from_row
+from runwatch.state.rows import RUN_COLUMNS, RUN_PLACEHOLDERS, gc_paused, run_from_row, run_params
+from runwatch.state.store import WorkspaceMeta
 
 
 class _Database(Protocol):
     def reading(self, doing: str) -> AbstractContextManager[sqlite3.Connection]: ...
+    def writing(self, doing: str) -> AbstractContextManager[sqlite3.Connection]: ...
+
+
+# -- what the poll cycle reads and writes---------------------------------------------------
+
+
+def workspace(db: _Database, organization_id: str) -> WorkspaceMeta:
+    """What the store knows of a workspace; all None for one never polled."""
+    with db.reading("reading a workspace") as conn:
+        row = conn.execute(
+            "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
+            "resume_at FROM workspaces WHERE organization_id = ?",
+            (organization_id,),
+        ).fetchone()
+    if row is None:
+        return WorkspaceMeta(
+            organization_id=organization_id,
+            baselined_at=None,
+            last_full_listing=None,
+            last_success=None,
+        )
+    return WorkspaceMeta(
+        organization_id=organization_id,
+        baselined_at=row[0],
+        last_full_listing=row[1],
+        last_success=row[2],
+        last_failure=row[3],
+        last_error=row[4],
+        resume_at=row[5],
+    )
+
+
+def load_runs(db: _Database, organization_id: str) -> dict[str, RunState]:
+    """Every tracked run of a workspace, by run id (tombstones aside)."""
+    with db.reading("reading runs") as conn, gc_paused():
+        rows = conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs "
+            "WHERE organization_id = ? AND deleted_at IS NULL",
+            (organization_id,),
+        )
+        return {row[1]: run_from_row(row) for row in rows}
+
+
+def iter_runs(db: _Database, organization_id: str) -> Iterator[RunState]:
+    """Every tracked run of a workspace (tombstones aside), one at a time: building the
+    index of 100,000 runs never holds them all at once."""
+    with db.reading("reading runs") as conn, gc_paused():
+        cursor = conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs "
+            "WHERE organization_id = ? AND deleted_at IS NULL",
+            (organization_id,),
+        )
+        while rows := cursor.fetchmany(1_000):
+            yield from map(run_from_row, rows)
+
+
+def load_run_states(
+    db: _Database, organization_id: str, run_ids: Sequence[str]
+) -> dict[str, RunState]:
+    """The stored states of these runs of a workspace (those it has), by run id."""
+    found: dict[str, RunState] = {}
+    with db.reading("reading runs") as conn:
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = ? "
+                f"AND deleted_at IS NULL AND run_id IN ({marks})",
+                (organization_id, *chunk),
+            ):
+                found[row[1]] = run_from_row(row)
+    return found
+
+
+def load_tombstones(db: _Database, organization_id: str) -> dict[str, RunState]:
+    """The runs of a workspace confirmed deleted and still remembered, by run id."""
+    with db.reading("reading runs") as conn:
+        rows = conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs "
+            "WHERE organization_id = ? AND deleted_at IS NOT NULL",
+            (organization_id,),
+        )
+        return {row[1]: run_from_row(row) for row in rows}
+
+
+def tracked_runs(db: _Database) -> list[RunState]:
+    """Every tracked run, by organization, newest first (for `runwatch runs`)."""
+    with db.reading("reading runs") as conn, gc_paused():
+        rows = conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE deleted_at IS NULL "
+            "ORDER BY organization_id, time_created DESC"
+        )
+        return [run_from_row(row) for row in rows]
+
+
+def record_runs(db: _Database, organization_id: str, states: Sequence[RunState]) -> None:
+    """Write run states alone, in one transaction: a part of a baseline (no events, no
+    bookkeeping: the baseline counts as done when its last part commits with it)."""
+    with db.writing(f"recording runs of {organization_id}") as tx:
+        tx.executemany(
+            f"INSERT OR REPLACE INTO runs ({RUN_COLUMNS}) VALUES ({RUN_PLACEHOLDERS})",
+            (run_params(run) for run in states),
+        )
+
+
+def set_resume_at(db: _Database, organization_id: str, resume_at: int | None) -> None:
+    """Remember until when the API asked not to be polled (None: no such wish)."""
+    with db.writing(f"recording when to poll {organization_id} again") as tx:
+        tx.execute(
+            "INSERT INTO workspaces (organization_id, resume_at) VALUES (?, ?) "
+            "ON CONFLICT (organization_id) DO UPDATE SET resume_at = excluded.resume_at",
+            (organization_id, resume_at),
+        )
+
+
+# -- what the operator's commands read ------------------------------------------------
 
 
 def run_counts(db: _Database, terminal: frozenset[str]) -> dict[str, tuple[int, int]]:

@@ -6,7 +6,8 @@ transaction, and nothing is sent before that commit: a crash between seeing a tr
 sending it loses nothing, and a restart never re-detects a transition that was recorded,
 because an event's key is unique and a recorded event is never enqueued again. Delivery then
 works off the outbox, marking each row sent, due for a retry, or dead. These value types are
-what every backend speaks; `runwatch.state.sqlite` is the embedded one.
+what every backend speaks; `runwatch.state.sqlite` is the embedded one,
+`runwatch.state.postgres` the one several instances share (`runwatch.state.open` picks).
 """
 
 from __future__ import annotations
