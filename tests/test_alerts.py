@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runwatch.core.alerts import Alert, AlertState, Thresholds, WorkspaceHealth, decide
+from runwatch.core.alerts import (
+    Alert,
+    AlertState,
+    StoreOutage,
+    Thresholds,
+    WorkspaceHealth,
+    decide,
+    decide_store,
+)
 
 MIN = 60_000
 THRESHOLDS = Thresholds(api_down_after=600, channel_failing_after=1800)
@@ -117,3 +125,26 @@ def test_it_alerts_about_a_failing_channel_to_the_others_only() -> None:
     [up] = subject.channels({}, at_min=61)
     assert up.notify_type == "success"
     assert AlertState.from_json("garbage").down == {}
+
+
+def test_it_tells_a_failing_store_once_after_the_threshold_and_its_recovery_once() -> None:
+    """The state store failing: nothing before api_down_after, one alert at it, none while it
+    lasts, one recovery; a store that recovers before the threshold is never mentioned."""
+    outage, told = StoreOutage(), []
+    for now_ms, failing in [(0, True), (30_000, True), (60_000, True), (90_000, True),
+                            (120_000, False), (150_000, False)]:  # fmt: skip
+        alert, outage = decide_store(
+            outage, failing=failing, error="disk full", now_ms=now_ms, threshold_s=60.0
+        )
+        if alert is not None:
+            told.append((now_ms, alert.notify_type, alert.title))
+    assert told == [
+        (60_000, "failure", "🚨 runwatch cannot use its state database"),
+        (120_000, "success", "✅ runwatch: its state database works again"),
+    ]
+    brief = StoreOutage()
+    for now_ms, failing in [(0, True), (30_000, False), (40_000, True), (90_000, False)]:
+        alert, brief = decide_store(
+            brief, failing=failing, error=None, now_ms=now_ms, threshold_s=60.0
+        )
+        assert alert is None

@@ -325,8 +325,10 @@ def test_it_exits_1_from_once_on_a_full_filesystem_and_sends_later(
 def test_it_rides_out_a_full_filesystem_under_the_daemon(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    """`runwatch run` on a filesystem that fills keeps going, logs what to do, alerts no one
-    that the API is down, and delivers the transition exactly once after space is freed."""
+    """`runwatch run` on a filesystem that fills keeps going, logs what to do, tells the
+    admins once that its state cannot be written (straight, not through the outbox on that
+    disk) and once that it can again, never that the API is down, and delivers the
+    transition exactly once after space is freed."""
     with small_filesystem(tmp_path / "disk", "2m") as disk, Simulator(runs=30, seed=9) as sim:
         db = disk / "state.db"
         cfg = write_config(
@@ -346,18 +348,24 @@ def test_it_rides_out_a_full_filesystem_under_the_daemon(
             run_id = sim.active_run_ids()[0]
             sim.append_condition(run_id, "Failed", reason="OOM", message=HUGE_MESSAGE)
             daemon.wait_for_event("poll.failed", count=6, error=_says_full)
-            assert receiver.requests == []
+            down = receiver.wait_for(1, timeout=20)[0]
             filler.unlink()
-            receiver.wait_for(1, timeout=20)
+            receiver.wait_for(3, timeout=20)
             sent_polls = len(daemon.events("poll.done"))
             daemon.wait_for_event("poll.done", count=sent_polls + 3)
             daemon.signal(signal.SIGTERM)
             code = daemon.wait(timeout=20)
     assert code == 0
     assert "Traceback" not in daemon.stderr
-    [message] = receiver.received  # and nothing to the admins
-    assert message["path"] == "/hook"
+    [message] = [m for m in receiver.received if m["path"] == "/hook"]
     assert run_id in message["message"] and "OOM" in message["message"]
+    admins = [m for m in receiver.received if m["path"] == "/ad"]
+    assert [m["title"] for m in admins] == [
+        "🚨 runwatch cannot use its state database",
+        "✅ runwatch: its state database works again",
+    ]
+    assert down == admins[0] and "is full" in str(down["message"])
+    assert not any("Vi API" in str(m["title"]) for m in admins)
     full = daemon.wait_for_event("poll.failed", timeout=0, error=_says_full)
     assert str(db) in full["error"] and "free some space" in full["error"]
 

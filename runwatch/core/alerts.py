@@ -176,3 +176,49 @@ def _channel(
             exclude_channel=channel,
         )
     ]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoreOutage:
+    """The state store failing, as this process saw it. Kept in memory only: the store is
+    what fails, so its alert cannot go through the outbox and its state cannot be stored (a
+    restart in the middle of an outage tells it once more)."""
+
+    failing_since_ms: int | None = None
+    alerted_ms: int | None = None
+
+
+def decide_store(
+    outage: StoreOutage, *, failing: bool, error: str | None, now_ms: int, threshold_s: float
+) -> tuple[Alert | None, StoreOutage]:
+    """One alert when the store has failed for `threshold_s`, one when it works again."""
+    if not failing:
+        if outage.alerted_ms is None:
+            return None, StoreOutage()
+        return (
+            Alert(
+                key=f"alert/state/recovered/{now_ms}",
+                title="✅ runwatch: its state database works again",
+                body=f"Polls are committed again (since {_iso(now_ms)}); what changed "
+                "meanwhile is told now.",
+                notify_type="success",
+            ),
+            StoreOutage(),
+        )
+    since = now_ms if outage.failing_since_ms is None else outage.failing_since_ms
+    if outage.alerted_ms is not None or now_ms - since < threshold_s * 1000:
+        return None, StoreOutage(failing_since_ms=since, alerted_ms=outage.alerted_ms)
+    return (
+        Alert(
+            key=f"alert/state/down/{now_ms}",
+            title="🚨 runwatch cannot use its state database",
+            body=(
+                f"No poll could be committed for {_minutes(now_ms - since)}.\n"
+                f"Reason: {error or 'unknown error'}\n"
+                "Run transitions are not recorded or sent until it works again; none is "
+                "lost: the first poll that commits tells them."
+            ),
+            notify_type="failure",
+        ),
+        StoreOutage(failing_since_ms=since, alerted_ms=now_ms),
+    )

@@ -41,7 +41,12 @@ from runwatch.service.cycle import PollCycle
 from runwatch.service.leases import LeaseKeeper
 from runwatch.service.metrics import Metrics
 from runwatch.service.sdnotify import Notifier
-from runwatch.service.self_alerts import ALERTS_META_KEY, SelfAlerts, instance_key
+from runwatch.service.self_alerts import (
+    ALERTS_META_KEY,
+    SelfAlerts,
+    StoreOutageAlerts,
+    instance_key,
+)
 from runwatch.service.status import PollReport, StatusBoard
 from runwatch.state.store import Lane, StateStore
 
@@ -101,6 +106,7 @@ class Daemon:
             on_progress=self.heartbeat.beat,
             leases=leases,
         )
+        self.store_alerts = StoreOutageAlerts()
         self.alerts = SelfAlerts(
             store, key=ALERTS_META_KEY if leases is None else instance_key(config.ha.instance)
         )
@@ -195,6 +201,19 @@ class Daemon:
                 channel_failing_after=cfg.channel_failing_after,
             ),
             now_ms=now_ms,
+        )
+        store_errors = [r.error for r in reports if r.store_failed]
+        reachable = self.leases is None or self.leases.reachable()
+        await self.store_alerts.evaluate(
+            failing=bool(store_errors) or not reachable,
+            error=store_errors[0] if store_errors else "the state database is unreachable",
+            now_ms=now_ms,
+            threshold_s=cfg.api_down_after,
+            senders=self.deliverer.senders,
+            notify=cfg.notify,
+            apprise_channels=[n for n, c in self.config.channels.items() if c.kind == "apprise"],
+            targets={name: d.targets for name, d in self.cycle.destinations.items()},
+            timeout=self.config.delivery.timeout,
         )
         # Every cycle, not only when rows were queued: what the operator revived with
         # `runwatch outbox retry` from another process goes out after the next poll.

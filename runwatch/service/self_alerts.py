@@ -20,11 +20,19 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from runwatch.core.alerts import AlertState, Thresholds, WorkspaceHealth, decide
+from runwatch.core.alerts import (
+    AlertState,
+    StoreOutage,
+    Thresholds,
+    WorkspaceHealth,
+    decide,
+    decide_store,
+)
 from runwatch.core.model import OutboxItem
+from runwatch.delivery.senders import Outgoing, Sender
 from runwatch.errors import StoreError
 from runwatch.service.status import PollReport
-from runwatch.state.store import StateStore
+from runwatch.state.store import Lane, StateStore
 
 log = structlog.get_logger("runwatch.service.self_alerts")
 
@@ -107,6 +115,67 @@ class SelfAlerts:
         for alert in alerts:
             log.warning("alert.sent", title=alert.title)
         return queued
+
+
+class StoreOutageAlerts:
+    """The state store's own outage, told straight to the alert channels' Apprise URLs.
+
+    Every other alert goes through the outbox, which lives in the store; this one cannot.
+    So it is sent at once, once (a failed send is logged, not retried: at most once), and
+    only to Apprise channels, whose senders need nothing from the store (a native Slack
+    channel keeps its message ids there; a webhook's document is made with the outbox row).
+    """
+
+    def __init__(self) -> None:
+        self.outage = StoreOutage()
+
+    async def evaluate(
+        self,
+        *,
+        failing: bool,
+        error: str | None,
+        now_ms: int,
+        threshold_s: float,
+        senders: Mapping[Lane, Sender],
+        notify: Sequence[str],
+        apprise_channels: Sequence[str],
+        targets: Mapping[str, Sequence[str]],
+        timeout: float,
+    ) -> None:
+        if not notify:
+            return
+        alert, self.outage = decide_store(
+            self.outage, failing=failing, error=error, now_ms=now_ms, threshold_s=threshold_s
+        )
+        if alert is None:
+            return
+        message = Outgoing(
+            title=alert.title,
+            body=alert.body,
+            notify_type=alert.notify_type,
+            event_keys=(alert.key,),
+        )
+        lanes = [
+            (channel, target)
+            for channel in notify
+            if channel in apprise_channels
+            for target in targets.get(channel, ())
+        ]
+        for channel, target in lanes:
+            sender = senders.get((channel, target))
+            if sender is None:
+                continue
+            # Past the lane fence of several instances: no lane is claimed without a store.
+            direct: Sender = getattr(sender, "inner", sender)
+            try:
+                outcome = await direct.send(message, timeout=timeout)
+            except Exception as exc:  # a bug in a sender: logged, the others still told
+                log.error("alert.not_sent", channel=channel, error=type(exc).__name__)
+                continue
+            if outcome.verdict == "ok":
+                log.warning("alert.sent", title=alert.title, channel=channel, direct=True)
+            else:
+                log.error("alert.not_sent", channel=channel, target=target, detail=outcome.detail)
 
 
 def _load_json(text: str | None) -> object:
