@@ -14,7 +14,7 @@ PROBE = textwrap.dedent(
     """
     import json, sys
     from runwatch.config.apprise_urls import load_service, url_problem
-    from runwatch.delivery.apprise_plugins import loaded_everything
+    from runwatch.config.apprise_plugins import loaded_everything
     from runwatch.delivery.console import register_console_schema
 
     def plugins():

@@ -17,7 +17,7 @@ import apprise
 import pytest
 import structlog
 
-from runwatch.delivery.apprise_plugins import need
+from runwatch.config.apprise_plugins import need
 from runwatch.logs import configure_logging, register_secrets, reset_logging
 
 SECRET = "vi-sk-7f3a9c1e55d04b2a"

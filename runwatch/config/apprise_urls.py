@@ -151,7 +151,7 @@ def _schema_only(url: str) -> str:
         return "(not a URL)"
     # A schema Apprise knows is safe to show; an unknown one only when it cannot be a token
     # (a typo like "slak" helps the reader, a token pasted in the wrong place must not show).
-    from runwatch.delivery.apprise_plugins import need
+    from runwatch.config.apprise_plugins import need
 
     need(url)  # Apprise knows a schema once its plugin is loaded
     if schema.lower() in _apprise().manager_plugins.NotificationManager() or not _looks_like_token(
@@ -205,7 +205,7 @@ def _mask_url_parts(text: str, url: str) -> str:
 
 def _instantiate(url: str, *, asset: Any = None) -> Any:
     """Apprise's service for `url` (None for an unknown schema); raises what the plugin raises."""
-    from runwatch.delivery.apprise_plugins import need
+    from runwatch.config.apprise_plugins import need
 
     with _apprise_quiet():
         need(url)  # only the plugin this URL needs, not all ~217 (see that module)

@@ -19,7 +19,7 @@ def register_console_schema(stream: TextIO | None = None) -> None:
         return
     from apprise.decorators import notify
 
-    from runwatch.delivery.apprise_plugins import start_empty
+    from runwatch.config.apprise_plugins import start_empty
 
     start_empty()  # else registering a schema makes Apprise import every plugin first
 
