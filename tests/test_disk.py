@@ -197,8 +197,8 @@ async def test_it_keeps_state_through_a_commit_that_fills_the_disk(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     """A poll whose commit hits a full disk writes nothing, the daemon keeps going without
-    calling it an API outage, and once space is freed the transition is detected and
-    delivered exactly once, none re-sent."""
+    calling it an API outage (its admins may hear of the state, never of the API), and once
+    space is freed the transition is detected and delivered exactly once, none re-sent."""
     db = tmp_path / "state.db"
     with Simulator(runs=40, active=4, seed=5) as sim:
         cfg = write_config(
@@ -250,8 +250,11 @@ async def test_it_keeps_state_through_a_commit_that_fills_the_disk(
             await daemon.poll_cycle()
             assert await daemon.deliver_once() == 0
             await daemon.aclose()
-    early, late = receiver.received  # and no alert to the admins
-    assert [early["path"], late["path"]] == ["/hook", "/hook"]
+    early, late = [m for m in receiver.received if m["path"] == "/hook"]
+    # The admins may hear that the state cannot be written (the loop ran on an injected
+    # clock long past api_down_after), never that the Vi API is down.
+    admins = [str(m["title"]) for m in receiver.received if m["path"] == "/ad"]
+    assert set(admins) <= {"🚨 runwatch cannot use its state database"}
     assert first in early["message"] and "early" in early["message"]
     assert second in late["message"] and "OOM" in late["message"]
 
