@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from runwatch.state.retention import RETENTION_MS
 from runwatch.state.sqlite import SqliteStore
-from runwatch.state.sqlite_schema import MIGRATIONS, RETENTION_MS
+from runwatch.state.sqlite_schema import MIGRATIONS
 from runwatch.state.store import SlackMessage
 
 T0 = 1_760_000_000_000

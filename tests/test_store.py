@@ -19,9 +19,10 @@ from harness import next_pending
 
 from runwatch.core.model import Condition, Event, OutboxItem, RunState
 from runwatch.errors import StoreError
+from runwatch.state.retention import RETENTION_MS
 from runwatch.state.rows import RUN_STATE_FIELDS
 from runwatch.state.sqlite import SqliteStore
-from runwatch.state.sqlite_schema import MIGRATIONS, RETENTION_MS, SCHEMA_VERSION
+from runwatch.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from runwatch.state.store import PollCommit
 
 ORG = "org-1"

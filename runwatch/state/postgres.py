@@ -51,7 +51,16 @@ from runwatch.state.postgres_schema import (
     migrate,
     store_error,
 )
-from runwatch.state.rows import RUN_COLUMNS, event_payload, gc_paused, run_from_row, run_params
+from runwatch.state.retention import prune_statements
+from runwatch.state.rows import (
+    RUN_COLUMNS,
+    WORKSPACE_COLUMNS,
+    event_payload,
+    gc_paused,
+    run_from_row,
+    run_params,
+    workspace_meta,
+)
 from runwatch.state.store import OutboxStats, PollCommit, SlackMessage, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.postgres")
@@ -61,7 +70,6 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 Cursor = psycopg.Cursor[TupleRow]
 
-RETENTION_MS = 30 * 86_400_000
 PRUNE_EVERY_MS = 3_600_000
 POOL_TIMEOUT_S = 5.0  # waiting for a connection longer than this is "unreachable"
 STATEMENT_TIMEOUT = "60s"  # a statement hung on a lost server must end, as a failed poll
@@ -210,27 +218,11 @@ class PostgresStore:
     def workspace(self, organization_id: str) -> WorkspaceMeta:
         with self.transaction("reading a workspace") as cur:
             cur.execute(
-                "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
-                "resume_at FROM workspaces WHERE organization_id = %s",
+                f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE organization_id = %s",
                 (organization_id,),
             )
             row = cur.fetchone()
-        if row is None:
-            return WorkspaceMeta(
-                organization_id=organization_id,
-                baselined_at=None,
-                last_full_listing=None,
-                last_success=None,
-            )
-        return WorkspaceMeta(
-            organization_id=organization_id,
-            baselined_at=_int(row[0]),
-            last_full_listing=_int(row[1]),
-            last_success=_int(row[2]),
-            last_failure=_int(row[3]),
-            last_error=None if row[4] is None else str(row[4]),
-            resume_at=_int(row[5]),
-        )
+        return workspace_meta(organization_id, row)
 
     def _select_runs(self, where: str, params: Sequence[Any]) -> list[RunState]:
         with self.transaction("reading runs") as cur, gc_paused():
@@ -421,19 +413,10 @@ class PostgresStore:
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget what the SQLite store forgets after 30 days (see `SqliteStore.prune`)."""
-        cutoff = now_ms - RETENTION_MS
+        """Forget what the SQLite store forgets (one rule: `state.retention`)."""
         with self.transaction("pruning old rows") as cur:
-            cur.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < %s", (cutoff,))
-            cur.execute("DELETE FROM outbox WHERE state = 'muted' AND created_at < %s", (cutoff,))
-            cur.execute("DELETE FROM runs WHERE deleted_at < %s", (cutoff,))
-            cur.execute("DELETE FROM mutes WHERE until < %s OR removed_at < %s", (cutoff, cutoff))
-            cur.execute(
-                "DELETE FROM events WHERE created_at < %s AND NOT EXISTS "
-                "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",
-                (cutoff,),
-            )
-            cur.execute("DELETE FROM slack_messages WHERE updated_at < %s", (cutoff,))
+            for sql, params in prune_statements("%s", now_ms):
+                cur.execute(sql, params)
         self._last_prune_ms = now_ms
 
     def _prune_quietly(self, now_ms: int) -> None:
@@ -468,7 +451,3 @@ def _put_meta(cur: Cursor, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)

@@ -11,14 +11,14 @@ import functools
 import gc
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from types import MappingProxyType
 from typing import Any
 
 from runwatch.core.model import Condition, Enrichment, Event, RunState
-from runwatch.state.store import OutboxRow
+from runwatch.state.store import OutboxRow, OutboxStats, WorkspaceMeta
 
 RUN_COLUMNS = (
     "organization_id, run_id, condition, status, last_transition_time, reason, message, "
@@ -254,4 +254,66 @@ def _condition(value: object) -> Condition | None:
         last_transition_time=value["last_transition_time"],
         reason=value.get("reason"),
         message=value.get("message"),
+    )
+
+
+# -- what both backends read alike: a workspace's bookkeeping, the outbox's counts ---------
+
+WORKSPACE_COLUMNS = (
+    "baselined_at, last_full_listing, last_success, last_failure, last_error, resume_at"
+)
+
+
+def workspace_meta(organization_id: str, row: Sequence[Any] | None) -> WorkspaceMeta:
+    """A workspaces row (WORKSPACE_COLUMNS) as WorkspaceMeta; all None for one never polled."""
+    if row is None:
+        return WorkspaceMeta(
+            organization_id=organization_id,
+            baselined_at=None,
+            last_full_listing=None,
+            last_success=None,
+        )
+    baselined, full, success, failure, error, resume = row
+    return WorkspaceMeta(
+        organization_id=organization_id,
+        baselined_at=_int(baselined),
+        last_full_listing=_int(full),
+        last_success=_int(success),
+        last_failure=_int(failure),
+        last_error=None if error is None else str(error),
+        resume_at=_int(resume),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+OUTBOX_STATS_QUERY = (
+    "SELECT channel, state, count(*), min(created_at) FROM outbox "
+    "WHERE state IN ('pending', 'dead', 'uncertain', 'muted', 'dropped') "
+    "GROUP BY channel, state"
+)
+
+
+def outbox_stats(rows: Iterable[Sequence[Any]], now_ms: int) -> OutboxStats:
+    """The outbox's counts from OUTBOX_STATS_QUERY's rows (channel, state, count, oldest)."""
+    by_state: dict[str, dict[str, int]] = {
+        "pending": {}, "dead": {}, "uncertain": {}, "muted": {}, "dropped": {}
+    }  # fmt: skip
+    oldest: int | None = None
+    for channel, state, count, created in rows:
+        by_state[state][channel] = int(count)
+        if state == "pending":
+            oldest = created if oldest is None else min(oldest, created)
+    return OutboxStats(
+        pending=sum(by_state["pending"].values()),
+        dead=sum(by_state["dead"].values()),
+        uncertain=sum(by_state["uncertain"].values()),
+        pending_by_channel=by_state["pending"],
+        dead_by_channel=by_state["dead"],
+        uncertain_by_channel=by_state["uncertain"],
+        muted=sum(by_state["muted"].values()),
+        dropped=sum(by_state["dropped"].values()),
+        oldest_pending_age=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
     )

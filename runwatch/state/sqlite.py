@@ -21,7 +21,8 @@ import structlog
 
 from runwatch.core.model import OutboxItem, RunState
 from runwatch.errors import StoreError
-from runwatch.state import sqlite_mutes, sqlite_runs
+from runwatch.state import sqlite_runs
+from runwatch.state.retention import prune_statements
 from runwatch.state.rows import (
     RUN_COLUMNS,
     RUN_PLACEHOLDERS,
@@ -35,13 +36,11 @@ from runwatch.state.sqlite_schema import (
     BUSY_TIMEOUT_MS,
     MIGRATIONS,
     PRUNE_EVERY_MS,
-    RETENTION_MS,
     SCHEMA_VERSION,
     check_file,
     store_error,
 )
 from runwatch.state.sqlite_slack import SqliteSlackMessages
-from runwatch.state.sqlite_slack import prune as prune_slack_messages
 from runwatch.state.store import OutboxStats, PollCommit, SlackMessage, WorkspaceMeta
 
 log = structlog.get_logger("runwatch.state.sqlite")
@@ -450,21 +449,10 @@ class SqliteStore:
     # -- upkeep and small state -----------------------------------------------------------
 
     def prune(self, now_ms: int) -> None:
-        """Forget sent rows, events, Slack message ids and ended mutes older than 30 days;
-        dead rows and their events stay."""
-        cutoff = now_ms - RETENTION_MS
+        """Forget what has been settled for `RETENTION_MS` (see `state.retention`)."""
         with self.writing("pruning old rows") as tx:
-            tx.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (cutoff,))
-            # Muted rows are settled as sent ones are: never to be sent, kept as long.
-            tx.execute("DELETE FROM outbox WHERE state = 'muted' AND created_at < ?", (cutoff,))
-            tx.execute("DELETE FROM runs WHERE deleted_at < ?", (cutoff,))
-            sqlite_mutes.prune(tx, cutoff)
-            tx.execute(
-                "DELETE FROM events WHERE created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM outbox WHERE outbox.event_key = events.event_key)",
-                (cutoff,),
-            )
-            prune_slack_messages(tx, cutoff)
+            for sql, params in prune_statements("?", now_ms):
+                tx.execute(sql, params)
         self._last_prune_ms = now_ms
 
     def _prune_quietly(self, now_ms: int) -> None:

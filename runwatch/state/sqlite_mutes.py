@@ -89,11 +89,6 @@ class SqliteMutes:
             return max(cursor.rowcount, 0)
 
 
-def prune(tx: sqlite3.Connection, cutoff_ms: int) -> None:
-    """Forget mutes that ended (expired or removed) before `cutoff_ms`, in transaction `tx`."""
-    tx.execute("DELETE FROM mutes WHERE until < ? OR removed_at < ?", (cutoff_ms, cutoff_ms))
-
-
 def _strings(text: str) -> tuple[str, ...]:
     try:
         value = json.loads(text)

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from runwatch.core.model import OutboxItem
-from runwatch.state.rows import OUTBOX_COLUMNS, outbox_row
+from runwatch.state.rows import OUTBOX_COLUMNS, OUTBOX_STATS_QUERY, outbox_row, outbox_stats
 from runwatch.state.store import Lane, OutboxRow, OutboxStats
 
 
@@ -198,30 +198,8 @@ class SqliteOutbox:
 
     def stats(self, now_ms: int) -> OutboxStats:
         with self._db.reading("reading the outbox") as conn:
-            rows = conn.execute(
-                "SELECT channel, state, count(*), min(created_at) FROM outbox "
-                "WHERE state IN ('pending', 'dead', 'uncertain', 'muted', 'dropped') "
-                "GROUP BY channel, state"
-            ).fetchall()
-        by_state: dict[str, dict[str, int]] = {
-            "pending": {}, "dead": {}, "uncertain": {}, "muted": {}, "dropped": {}
-        }  # fmt: skip
-        oldest: int | None = None
-        for channel, state, count, created in rows:
-            by_state[state][channel] = count
-            if state == "pending":
-                oldest = created if oldest is None else min(oldest, created)
-        return OutboxStats(
-            pending=sum(by_state["pending"].values()),
-            dead=sum(by_state["dead"].values()),
-            uncertain=sum(by_state["uncertain"].values()),
-            pending_by_channel=by_state["pending"],
-            dead_by_channel=by_state["dead"],
-            uncertain_by_channel=by_state["uncertain"],
-            muted=sum(by_state["muted"].values()),
-            dropped=sum(by_state["dropped"].values()),
-            oldest_pending_age=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
-        )
+            rows = conn.execute(OUTBOX_STATS_QUERY).fetchall()
+        return outbox_stats(rows, now_ms)
 
     def _update(
         self, ids: Sequence[int], assignments: str, params: tuple[Any, ...], doing: str

@@ -19,7 +19,15 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from runwatch.core.model import RunState
-from runwatch.state.rows import RUN_COLUMNS, RUN_PLACEHOLDERS, gc_paused, run_from_row, run_params
+from runwatch.state.rows import (
+    RUN_COLUMNS,
+    RUN_PLACEHOLDERS,
+    WORKSPACE_COLUMNS,
+    gc_paused,
+    run_from_row,
+    run_params,
+    workspace_meta,
+)
 from runwatch.state.store import WorkspaceMeta
 
 
@@ -35,26 +43,10 @@ def workspace(db: _Database, organization_id: str) -> WorkspaceMeta:
     """What the store knows of a workspace; all None for one never polled."""
     with db.reading("reading a workspace") as conn:
         row = conn.execute(
-            "SELECT baselined_at, last_full_listing, last_success, last_failure, last_error, "
-            "resume_at FROM workspaces WHERE organization_id = ?",
+            f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE organization_id = ?",
             (organization_id,),
         ).fetchone()
-    if row is None:
-        return WorkspaceMeta(
-            organization_id=organization_id,
-            baselined_at=None,
-            last_full_listing=None,
-            last_success=None,
-        )
-    return WorkspaceMeta(
-        organization_id=organization_id,
-        baselined_at=row[0],
-        last_full_listing=row[1],
-        last_success=row[2],
-        last_failure=row[3],
-        last_error=row[4],
-        resume_at=row[5],
-    )
+    return workspace_meta(organization_id, row)
 
 
 def load_runs(db: _Database, organization_id: str) -> dict[str, RunState]:

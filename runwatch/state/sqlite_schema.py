@@ -20,7 +20,6 @@ from runwatch.errors import StoreError
 
 SCHEMA_VERSION = 5
 APPLICATION_ID = 0x72776368  # "rwch" in the file header: tells runwatch's files from others'
-RETENTION_MS = 30 * 86_400_000  # sent outbox rows and events older than this are pruned
 PRUNE_EVERY_MS = 3_600_000
 BUSY_TIMEOUT_MS = 5_000
 LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free than this is taken for a full disk

@@ -67,8 +67,3 @@ class SqliteSlackMessages:
                 (m.channel, m.run_key, m.incarnation, m.destination, m.slack_channel, m.ts,
                  m.posted_at, m.updated_at),
             )  # fmt: skip
-
-
-def prune(tx: sqlite3.Connection, cutoff_ms: int) -> None:
-    """Forget the messages of runs not posted to nor edited since `cutoff_ms`."""
-    tx.execute("DELETE FROM slack_messages WHERE updated_at < ?", (cutoff_ms,))
