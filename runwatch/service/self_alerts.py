@@ -29,6 +29,7 @@ from runwatch.core.alerts import (
     decide_store,
 )
 from runwatch.core.model import OutboxItem
+from runwatch.delivery.fence import FencedSender
 from runwatch.delivery.senders import Outgoing, Sender
 from runwatch.errors import StoreError
 from runwatch.service.status import PollReport
@@ -166,7 +167,7 @@ class StoreOutageAlerts:
             if sender is None:
                 continue
             # Past the lane fence of several instances: no lane is claimed without a store.
-            direct: Sender = getattr(sender, "inner", sender)
+            direct = sender.inner if isinstance(sender, FencedSender) else sender
             try:
                 outcome = await direct.send(message, timeout=timeout)
             except Exception as exc:  # a bug in a sender: logged, the others still told
